@@ -1,0 +1,33 @@
+# The two commands of the README:
+#   make lab    set up what is missing, then start the lab (management plane + controller)
+#   make test   set up what is missing, then run every check and test (what CI runs)
+.PHONY: lab lab-down setup test lint typecheck unit crds
+
+PY := .venv/bin
+
+setup:
+	bash scripts/setup.sh
+
+lab: setup
+	$(PY)/plunderctl lab up
+
+lab-down:
+	$(PY)/plunderctl lab down
+
+lint:
+	$(PY)/ruff check src tests
+	$(PY)/ruff format --check src tests
+	$(PY)/lint-imports
+
+typecheck:
+	$(PY)/mypy
+
+test: setup lint typecheck
+	$(PY)/pytest -ra
+
+unit: setup
+	$(PY)/pytest tests/unit
+
+# Regenerate the committed CRDs after changing the API models.
+crds:
+	$(PY)/plunderctl crds --output-dir config/crd/bases

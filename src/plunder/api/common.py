@@ -1,0 +1,275 @@
+"""Types shared by the Cluster API kinds and the host inventory.
+
+Where Cluster API defines a type (conditions, addresses, endpoints, failure domains) the field
+names and meanings are Cluster API's, so that its controllers and ``clusterctl describe`` read ours.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+
+from plunder.api.base import KubeModel, cel, validations
+
+INFRASTRUCTURE_GROUP = "infrastructure.cluster.x-k8s.io"
+INVENTORY_GROUP = "metal.plunder.dev"
+VERSION = "v1alpha1"
+PROVIDER_LABEL = "cluster.x-k8s.io/provider"
+PROVIDER_NAME = "infrastructure-plunder"
+CLUSTER_NAME_LABEL = "cluster.x-k8s.io/cluster-name"
+
+MAC_PATTERN = r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$"
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def mac_rule(path: str) -> dict[str, str]:
+    """A MAC address in the canonical form this project stores and looks up by."""
+    return cel(
+        f"self.matches('{MAC_PATTERN}')",
+        f"{path} must be a MAC address in lower-case colon form, like 00:50:56:a5:11:20",
+    )
+
+
+def ip_rule(path: str) -> dict[str, str]:
+    """An IPv4 or IPv6 address, without a prefix length."""
+    return cel("isIP(self)", f"{path} must be an IPv4 or IPv6 address, like 172.31.99.20")
+
+
+IPAddress = Annotated[str, Field(max_length=45)]
+"""An IPv4 or IPv6 address as text (validated by the CEL rule on the field that uses it)."""
+
+
+class Condition(KubeModel):
+    """One aspect of the object's state, as Kubernetes' ``metav1.Condition``."""
+
+    type: str = Field(max_length=316)
+    """The condition's type in CamelCase, such as Ready, Provisioned or Paused."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds: True, False or Unknown."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The ``metadata.generation`` this condition was computed from."""
+    last_transition_time: datetime
+    """When the status last changed."""
+    reason: str | None = Field(default=None, max_length=1024)
+    """A CamelCase word for why the condition is as it is; for programs and alerts."""
+    message: str | None = Field(default=None, max_length=32768)
+    """A sentence for a person: what happened and what to do about it."""
+
+
+class V1Beta1Condition(KubeModel):
+    """A condition in the form of Cluster API's v1beta1 contract (kept while readers move on)."""
+
+    type: str = Field(max_length=256)
+    """The condition's type in CamelCase."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds: True, False or Unknown."""
+    severity: Literal["Error", "Warning", "Info", ""] | None = None
+    """How bad a False condition is: Error, Warning or Info."""
+    last_transition_time: datetime
+    """When the status last changed."""
+    reason: str | None = Field(default=None, max_length=256)
+    """A CamelCase word for why the condition is as it is."""
+    message: str | None = Field(default=None, max_length=10240)
+    """A sentence for a person."""
+
+
+class V1Beta1Status(KubeModel):
+    """What Cluster API's v1beta1 contract reads, kept beside the v1beta2 fields."""
+
+    conditions: list[V1Beta1Condition] | None = Field(default=None, max_length=32)
+    """Conditions in the v1beta1 form (with severity)."""
+    failure_reason: str | None = Field(default=None, max_length=256)
+    """A terminal problem's reason, in the v1beta1 place."""
+    failure_message: str | None = Field(default=None, max_length=10240)
+    """A terminal problem's explanation, in the v1beta1 place."""
+
+
+class DeprecatedStatus(KubeModel):
+    """Status fields of older contracts, grouped as Cluster API groups them."""
+
+    v1beta1: V1Beta1Status | None = Field(default=None, alias="v1beta1")
+    """Fields of the v1beta1 contract."""
+
+
+class Initialization(KubeModel):
+    """The contract's initialization flags (v1beta2)."""
+
+    provisioned: bool | None = None
+    """True once the infrastructure is provisioned; Cluster API reads it and never expects it
+    to go back to false."""
+
+
+class ObjectReference(KubeModel):
+    """A reference to another object, by kind and name (and uid once bound)."""
+
+    api_version: str | None = Field(default=None, max_length=253)
+    """The referenced object's apiVersion."""
+    kind: str | None = Field(default=None, max_length=63)
+    """The referenced object's kind."""
+    name: str = Field(max_length=253)
+    """The referenced object's name."""
+    namespace: str | None = Field(default=None, max_length=63)
+    """The referenced object's namespace; empty for cluster-scoped objects."""
+    uid: str | None = Field(default=None, max_length=36)
+    """The referenced object's uid, so that a new object of the same name is not taken for it."""
+
+
+class SecretReference(KubeModel):
+    """A Secret, by name and namespace."""
+
+    name: str = Field(max_length=253)
+    """The Secret's name."""
+    namespace: str | None = Field(default=None, max_length=63)
+    """The Secret's namespace; defaults to the referring object's namespace."""
+
+
+class MachineAddress(KubeModel):
+    """An address of a machine, as Cluster API's ``MachineAddress``."""
+
+    type: Literal["Hostname", "ExternalIP", "InternalIP", "ExternalDNS", "InternalDNS"]
+    """The kind of address: Hostname, ExternalIP, InternalIP, ExternalDNS or InternalDNS."""
+    address: str = Field(max_length=256)
+    """The address itself."""
+
+
+class APIEndpoint(KubeModel):
+    """Where a cluster's Kubernetes API server is reached."""
+
+    host: str = Field(
+        default="",
+        max_length=253,
+        json_schema_extra=validations(
+            cel(
+                "self == '' || isIP(self) || self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')",
+                "spec.controlPlaneEndpoint.host must be an IP address or a DNS name",
+            )
+        ),
+    )
+    """The IP address or DNS name of the API server (a VIP, or the first control-plane host)."""
+    port: int = Field(default=0, ge=0, le=65535)
+    """The API server's TCP port, usually 6443."""
+
+
+class FailureDomain(KubeModel):
+    """A failure domain, in the list form of Cluster API's v1beta2 contract."""
+
+    name: str = Field(max_length=256)
+    """The failure domain's name: the value of the host label that defines it."""
+    control_plane: bool | None = None
+    """Whether control-plane machines may be placed in it."""
+    attributes: dict[str, str] | None = None
+    """Free-form attributes of the failure domain."""
+
+
+class LabelSelectorRequirement(KubeModel):
+    """One requirement of a label selector."""
+
+    key: str = Field(max_length=317)
+    """The label key the requirement applies to."""
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """How the key relates to the values: In, NotIn, Exists or DoesNotExist."""
+    values: list[Annotated[str, Field(max_length=63)]] | None = Field(default=None, max_length=64)
+    """The values for In and NotIn; empty for Exists and DoesNotExist."""
+
+
+class LabelSelector(KubeModel):
+    """Which hosts qualify, by their labels (as Kubernetes' label selectors)."""
+
+    match_labels: dict[str, str] | None = None
+    """Labels a host must carry, with these values."""
+    match_expressions: list[LabelSelectorRequirement] | None = Field(default=None, max_length=32)
+    """Further requirements, all of which must hold."""
+
+
+ChecksumType = Literal["sha256", "sha512"]
+ImageFormat = Literal["raw", "raw-gzip", "raw-xz", "qcow2"]
+DeploymentType = Literal["preseed", "kickstart"]
+
+
+class Image(KubeModel):
+    """An OS disk image that the agent streams onto the host's root disk."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.checksum)",
+                "spec.image.checksum is required: the agent verifies every image it writes",
+                field_path=".checksum",
+            ),
+            cel(
+                "!has(self.checksum) || (self.checksumType == 'sha512'"
+                " ? self.checksum.matches('^[0-9a-f]{128}$')"
+                " : self.checksum.matches('^[0-9a-f]{64}$'))",
+                "spec.image.checksum must be the image's lower-case hex digest for checksumType "
+                "(64 digits for sha256, 128 for sha512)",
+                field_path=".checksum",
+            ),
+        )
+    )
+
+    url: str = Field(
+        max_length=2048,
+        json_schema_extra=validations(
+            cel(
+                "isURL(self) && url(self).getScheme() in ['http', 'https']",
+                "spec.image.url must be an http:// or https:// URL",
+            )
+        ),
+    )
+    """Where the image is served from (usually the boot service's HTTP server)."""
+    checksum: str | None = Field(default=None, max_length=128)
+    """The image's digest in lower-case hex; a mismatch fails the host instead of booting it."""
+    checksum_type: ChecksumType = "sha256"
+    """The digest's algorithm: sha256 or sha512."""
+    format: ImageFormat = "raw"
+    """How the image is stored: raw, raw-gzip, raw-xz or qcow2."""
+
+
+class StaticNetwork(KubeModel):
+    """A fixed address for the machine's provisioning interface, as the seed's ``ipaddress``."""
+
+    ip_address: IPAddress = Field(
+        alias="ipAddress", json_schema_extra=validations(ip_rule("spec.network.ipAddress"))
+    )
+    """The machine's address."""
+    prefix_length: int = Field(default=24, ge=1, le=128)
+    """The prefix length of the machine's subnet, such as 24."""
+    gateway: IPAddress | None = Field(
+        default=None, json_schema_extra=validations(ip_rule("spec.network.gateway"))
+    )
+    """The default gateway, if any."""
+    nameservers: list[IPAddress] | None = Field(
+        default=None,
+        max_length=3,
+        json_schema_extra=validations(
+            cel(
+                "self.all(n, isIP(n))",
+                "spec.network.nameservers must be IPv4 or IPv6 addresses",
+            )
+        ),
+    )
+    """DNS servers, at most three."""
+
+
+class PoolReference(KubeModel):
+    """An IP address pool under Cluster API's IPAM contract."""
+
+    api_group: str = Field(max_length=253)
+    """The pool's API group, such as ipam.cluster.x-k8s.io."""
+    kind: str = Field(max_length=63)
+    """The pool's kind, such as InClusterIPPool."""
+    name: str = Field(max_length=253)
+    """The pool's name, in the machine's namespace."""
+
+
+class Phase(KubeModel):
+    """When one phase of a host's life started and ended, so a person sees where time goes."""
+
+    name: str = Field(max_length=63)
+    """The phase: inspecting, provisioning, deprovisioning, …"""
+    started: datetime
+    """When it began."""
+    finished: datetime | None = None
+    """When it ended; empty while it runs."""

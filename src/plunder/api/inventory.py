@@ -1,0 +1,235 @@
+"""PlunderHost: one bare-metal server in the inventory.
+
+It lives in its own API group so the inventory and the boot service are usable without Cluster
+API. A host appears by itself when it first network-boots (state ``discovered``) or is created
+with a BMC address; a PlunderMachine claims it by setting ``spec.consumerRef`` in a write guarded
+by resourceVersion, so two machines never get one host.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from plunder.api.base import KubeModel, PrinterColumn, Resource, ResourceInfo, cel, validations
+from plunder.api.common import (
+    INVENTORY_GROUP,
+    VERSION,
+    Condition,
+    DeploymentType,
+    Image,
+    IPAddress,
+    ObjectReference,
+    Phase,
+    SecretReference,
+    StaticNetwork,
+    mac_rule,
+)
+
+HostState = Literal[
+    "discovered",
+    "inspecting",
+    "available",
+    "provisioning",
+    "provisioned",
+    "deprovisioning",
+    "error",
+]
+
+_BMC_ADDRESS_RULE = (
+    r"self.matches('^(redfish(\\+https?)?://[^/\\s]+/redfish/v1/Systems/[^\\s]+"
+    r"|ipmi://[^/\\s:]+(:[0-9]{1,5})?)$')"
+)
+
+
+class BMC(KubeModel):
+    """How to reach the host's baseboard management controller."""
+
+    address: str = Field(
+        max_length=2048,
+        json_schema_extra=validations(
+            cel(
+                _BMC_ADDRESS_RULE,
+                "spec.bmc.address must be redfish://host[:port]/redfish/v1/Systems/ID "
+                "(or redfish+http://, redfish+https://) or ipmi://host[:port]",
+            )
+        ),
+    )
+    """The BMC's address; its scheme picks the power driver (redfish or ipmi)."""
+    credentials_name: str = Field(max_length=253)
+    """The Secret (in the host's namespace) with ``username`` and ``password``."""
+    disable_certificate_verification: bool = False
+    """Skip TLS certificate verification of the BMC. Off by default; only for lab BMCs."""
+
+
+class RootDeviceHints(KubeModel):
+    """Which disk to install on, when a host has several; all given hints must match."""
+
+    device_name: str | None = Field(default=None, max_length=256)
+    """The device's path, such as /dev/vda."""
+    min_size_gigabytes: int | None = Field(default=None, ge=0)
+    """The smallest acceptable size, in GB."""
+    serial_number: str | None = Field(default=None, max_length=256)
+    """The disk's serial number."""
+
+
+class PlunderHostSpec(KubeModel):
+    """The desired state of a host: its identity, BMC, owner and what to install."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.bootMACAddress == oldSelf.bootMACAddress",
+                "spec.bootMACAddress is immutable: a different MAC is a different host",
+                field_path=".bootMACAddress",
+            ),
+            cel(
+                "!(has(self.image) && has(self.deploymentType))",
+                "set at most one of spec.image or spec.deploymentType",
+            ),
+        )
+    )
+
+    boot_mac_address: str = Field(
+        alias="bootMACAddress",
+        max_length=17,
+        json_schema_extra=validations(mac_rule("spec.bootMACAddress")),
+    )
+    """The MAC address of the NIC the host network-boots from; the host's identity."""
+    bmc: BMC | None = None
+    """The host's BMC; empty for hosts driven only by the network-boot loop."""
+    online: bool = True
+    """Whether the host should be powered on."""
+    consumer_ref: ObjectReference | None = None
+    """Who the host is claimed by (usually a PlunderMachine); empty while it is free."""
+    image: Image | None = None
+    """The OS image to install."""
+    deployment_type: DeploymentType | None = None
+    """Install with preseed (Debian) or kickstart (RHEL) instead of an image."""
+    user_data: SecretReference | None = None
+    """The Secret whose ``value`` (and ``format``) is the cloud-init bootstrap data."""
+    network: StaticNetwork | None = None
+    """A static address for the installed OS."""
+    root_device_hints: RootDeviceHints | None = None
+    """Which disk to install on."""
+    wipe_mode: Literal["metadata", "full"] = "metadata"
+    """How to clean the disk when the host is released: metadata (partition tables, signatures,
+    first and last MiB: seconds) or full (every byte: slow)."""
+    park_mode: Literal["poll", "reboot"] = "poll"
+    """How an idle host waits for work: poll (the agent or iPXE asks the boot service again) or
+    reboot (the original plunder's reboot loop, for hosts that cannot run the agent)."""
+
+
+class CPUInfo(KubeModel):
+    """The host's processors."""
+
+    count: int = Field(ge=0)
+    """Logical CPUs."""
+    model: str | None = Field(default=None, max_length=256)
+    """The CPU model name."""
+
+
+class DiskInfo(KubeModel):
+    """One disk of the host."""
+
+    name: str = Field(max_length=256)
+    """The device's path, such as /dev/vda."""
+    size_bytes: int = Field(ge=0)
+    """Its size in bytes."""
+    model: str | None = Field(default=None, max_length=256)
+    """Its model."""
+    serial: str | None = Field(default=None, max_length=256)
+    """Its serial number."""
+    rotational: bool | None = None
+    """Whether it spins."""
+
+
+class NICInfo(KubeModel):
+    """One network interface of the host."""
+
+    name: str = Field(max_length=64)
+    """The interface name in the agent, such as eth0."""
+    mac: str = Field(max_length=17)
+    """Its MAC address."""
+    ip: str | None = Field(default=None, max_length=45)
+    """Its address, if it has one."""
+
+
+class HardwareDetails(KubeModel):
+    """What inspection found."""
+
+    system_vendor: str | None = Field(default=None, max_length=256)
+    """The DMI system vendor."""
+    product_name: str | None = Field(default=None, max_length=256)
+    """The DMI product name."""
+    serial_number: str | None = Field(default=None, max_length=256)
+    """The DMI serial number."""
+    cpu: CPUInfo | None = None
+    """The processors."""
+    memory_mib: int | None = Field(default=None, alias="memoryMiB", ge=0)
+    """Memory, in MiB."""
+    disks: list[DiskInfo] | None = Field(default=None, max_length=64)
+    """The disks."""
+    nics: list[NICInfo] | None = Field(default=None, max_length=64)
+    """The network interfaces."""
+
+
+class PlunderHostStatus(KubeModel):
+    """What was observed of the host."""
+
+    state: HostState | None = None
+    """Where the host is in its life: discovered, inspecting, available, provisioning,
+    provisioned, deprovisioning, or error."""
+    error_reason: str | None = Field(default=None, max_length=256)
+    """In state error: a CamelCase reason."""
+    error_message: str | None = Field(default=None, max_length=10240)
+    """In state error: what went wrong and what to do about it."""
+    vendor: str | None = Field(default=None, max_length=256)
+    """The NIC's vendor from the IEEE OUI registry (the seed's "Hardware Vendor")."""
+    boot_firmware: Literal["bios", "uefi"] | None = None
+    """The firmware the host network-booted with."""
+    ip_address: IPAddress | None = None
+    """The address the host had on the provisioning network when last seen."""
+    first_seen: datetime | None = None
+    """When the boot service first saw the host."""
+    last_seen: datetime | None = None
+    """When the boot service last heard from the host."""
+    powered_on: bool | None = None
+    """The power state the BMC reported; empty without a BMC."""
+    hardware: HardwareDetails | None = None
+    """What inspection found."""
+    phases: list[Phase] | None = Field(default=None, max_length=32)
+    """When each phase of the current cycle started and ended."""
+    conditions: list[Condition] | None = Field(default=None, max_length=32)
+    """The host's conditions."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The ``metadata.generation`` last acted on."""
+
+
+class PlunderHost(Resource):
+    """A bare-metal server: found when it network-boots, inspected, and lent to machines."""
+
+    info = ResourceInfo(
+        group=INVENTORY_GROUP,
+        version=VERSION,
+        kind="PlunderHost",
+        plural="plunderhosts",
+        short_names=("plh",),
+        categories=("plunder",),
+        printer_columns=(
+            PrinterColumn("MAC", ".spec.bootMACAddress", description="Boot MAC address"),
+            PrinterColumn("Vendor", ".status.vendor", description="NIC vendor (IEEE OUI)"),
+            PrinterColumn("State", ".status.state"),
+            PrinterColumn("Consumer", ".spec.consumerRef.name", description="Who claimed it"),
+            PrinterColumn("Power", ".status.poweredOn", type="boolean"),
+            PrinterColumn("Last Seen", ".status.lastSeen", type="date"),
+            PrinterColumn("Age", ".metadata.creationTimestamp", type="date"),
+        ),
+    )
+
+    spec: PlunderHostSpec
+    """What the host should be."""
+    status: PlunderHostStatus | None = None
+    """What was observed."""

@@ -1,0 +1,1 @@
+"""plunderctl, the command line."""

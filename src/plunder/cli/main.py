@@ -1,0 +1,172 @@
+"""``plunderctl``: the operator's command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from plunder import __version__
+from plunder.api import crdgen
+
+console = Console()
+err_console = Console(stderr=True)
+
+_KUBECONFIG = click.option(
+    "--kubeconfig",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="KUBECONFIG",
+    help="The management cluster's kubeconfig (default: $KUBECONFIG, else in-cluster).",
+)
+_LAB_DIR = click.option(
+    "--dir",
+    "lab_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The lab's folder (default: $PLUNDER_LAB_DIR or ~/.plunder/lab).",
+)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="plunderctl")
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+def cli(verbose: bool) -> None:
+    """Bare-metal machines for Cluster API: hosts, the boot service, the controller, the lab."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # The HTTP client logs every request at INFO: too much for a person, kept for -v.
+    for noisy in ("httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+@cli.command()
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write one file per CRD here (as config/crd/bases) instead of printing them.",
+)
+def crds(output_dir: Path | None) -> None:
+    """Print the CustomResourceDefinitions, generated from the API models."""
+    if output_dir is None:
+        click.echo(crdgen.render_all(), nl=False)
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for kind in crdgen.ALL_KINDS:
+        path = output_dir / crdgen.crd_file_name(kind)
+        path.write_text(crdgen.render(crdgen.custom_resource_definition(kind)))
+        err_console.print(f"wrote {path}")
+
+
+@cli.command()
+@_KUBECONFIG
+@click.option("--namespace", default=None, help="Watch one namespace only (default: all).")
+@click.option("--liveness-port", type=int, default=None, help="Serve /healthz on this port.")
+def controller(kubeconfig: Path | None, namespace: str | None, liveness_port: int | None) -> None:
+    """Run the controllers (kopf operator) until SIGTERM."""
+    from plunder.k8s import client as k8s_client
+    from plunder.k8s import crds as k8s_crds
+    from plunder.operator.main import run_operator
+
+    if kubeconfig is not None:
+        os.environ["KUBECONFIG"] = str(kubeconfig)  # kopf's own login reads it
+    missing = k8s_crds.missing_crds(k8s_client.sync_client(kubeconfig))
+    if missing:
+        err_console.print(
+            f"[red]CRDs missing: {', '.join(missing)}[/red]\n"
+            "install them with: plunderctl crds | kubectl apply --server-side -f -"
+        )
+        sys.exit(2)
+    run_operator(namespace, liveness_port)
+
+
+@cli.group()
+def lab() -> None:
+    """The local lab: management plane, controller (and, later, boot service and hosts)."""
+
+
+@lab.command("up")
+@_LAB_DIR
+@click.option("--apiserver-port", type=int, default=6443, show_default=True)
+@click.option("--etcd-port", type=int, default=23790, show_default=True, help="Peer port: +10.")
+@click.option("--controller-port", type=int, default=28080, show_default=True, help="/healthz.")
+def lab_up(lab_dir: Path | None, apiserver_port: int, etcd_port: int, controller_port: int) -> None:
+    """Start the lab and say how to use it."""
+    from plunder.lab import lab as lab_module
+    from plunder.lab.plane import PlanePorts
+
+    folder = lab_dir or lab_module.default_lab_dir()
+    ports = PlanePorts(etcd_client=etcd_port, etcd_peer=etcd_port + 10, apiserver=apiserver_port)
+    try:
+        info = lab_module.up(folder, ports, controller_port)
+    except lab_module.LabError as error:
+        err_console.print(f"[red]{error}[/red]")
+        sys.exit(1)
+    console.print(f"[green]The lab is up[/green]: Kubernetes {info.version} at {info.server}")
+    console.print(f"CRDs installed: {', '.join(info.crds)}", soft_wrap=True)
+    console.print("Point kubectl at it:")
+    console.print(
+        f"  export KUBECONFIG={info.kubeconfig} PATH={info.bin_dir}:$PATH", soft_wrap=True
+    )
+    console.print("  kubectl get crds | grep plunder")
+    console.print("Stop it with: plunderctl lab down")
+
+
+@lab.command("down")
+@_LAB_DIR
+def lab_down(lab_dir: Path | None) -> None:
+    """Stop everything the lab started and remove its folder."""
+    from plunder.lab import lab as lab_module
+
+    stopped = lab_module.down(lab_dir or lab_module.default_lab_dir())
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@lab.command("status")
+@_LAB_DIR
+def lab_status(lab_dir: Path | None) -> None:
+    """Say which parts of the lab run."""
+    from plunder.lab import lab as lab_module
+
+    folder = lab_dir or lab_module.default_lab_dir()
+    table = Table("Component", "State", "PID", "Log")
+    states = lab_module.status(folder)
+    for name, pid in states.items():
+        running = pid is not None
+        table.add_row(
+            name,
+            "[green]running[/green]" if running else "[red]stopped[/red]",
+            str(pid or ""),
+            str(folder / f"{name}.log"),
+        )
+    console.print(table)
+    if all(pid is None for pid in states.values()):
+        sys.exit(3)
+
+
+@lab.command("build")
+@click.option(
+    "--all", "build_all", is_flag=True, help="Also Cluster API's controllers and clusterctl."
+)
+def lab_build(build_all: bool) -> None:
+    """Build (once) the Go programs the lab runs, into the version-keyed cache."""
+    from plunder.lab import binaries
+
+    names = tuple(binaries.PROGRAMS) if build_all else binaries.PLANE_PROGRAMS
+    for name, path in binaries.ensure_binaries(names).items():
+        console.print(f"{name}: {path}")
+
+
+def main() -> None:
+    """The console script's entry point."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The lab: a local management plane, and (later) the boot service and virtual bare-metal hosts."""

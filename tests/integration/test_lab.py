@@ -1,0 +1,105 @@
+"""`plunderctl lab up/status/down` as a person runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plunder.lab import processes
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "simple"
+
+
+def plunderctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "plunder.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def test_lab_up_status_down(tmp_path: Path) -> None:
+    lab_dir = tmp_path / "lab"
+    ports = [str(processes.free_port()) for _ in range(3)]
+    up = plunderctl(
+        "lab",
+        "up",
+        "--dir",
+        str(lab_dir),
+        "--apiserver-port",
+        ports[0],
+        "--etcd-port",
+        ports[1],
+        "--controller-port",
+        ports[2],
+    )
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "The lab is up: Kubernetes v1.36.3" in up.stdout
+        assert f"export KUBECONFIG={lab_dir / 'kubeconfig'}" in up.stdout
+
+        # The printed instructions work: kubectl from the printed PATH sees the CRDs.
+        exports = dict(
+            item.split("=", 1) for item in up.stdout.split("export ", 1)[1].splitlines()[0].split()
+        )
+        kubectl = Path(exports["PATH"].split(":")[0]) / "kubectl"
+        crds = subprocess.run(
+            [str(kubectl), "get", "crds", "-o", "name"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "KUBECONFIG": exports["KUBECONFIG"]},
+            timeout=60,
+        )
+        assert len([n for n in crds.stdout.split() if "plunder" in n]) == 5, crds.stderr
+
+        # The seed's walkthrough applies, and the lab's controller provisions the PlunderCluster.
+        env = {**os.environ, "KUBECONFIG": exports["KUBECONFIG"]}
+        for manifest in ("cluster.yaml", "machine.yaml"):
+            applied = subprocess.run(
+                [str(kubectl), "apply", "-f", str(EXAMPLES / manifest)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
+            assert applied.returncode == 0, applied.stderr
+        waited = subprocess.run(
+            [
+                str(kubectl),
+                "wait",
+                "plundercluster/cluster-plunder",
+                "--timeout=60s",
+                "--for=jsonpath={.status.initialization.provisioned}=true",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=90,
+        )
+        assert waited.returncode == 0, waited.stderr
+
+        again = plunderctl("lab", "up", "--dir", str(lab_dir))
+        assert again.returncode == 1 and "already up" in again.stderr
+
+        status = plunderctl("lab", "status", "--dir", str(lab_dir))
+        assert status.returncode == 0
+        assert status.stdout.count("running") == 3
+        pids = [
+            int((lab_dir / f"{name}.pid").read_text())
+            for name in ("etcd", "kube-apiserver", "controller")
+        ]
+    finally:
+        down = plunderctl("lab", "down", "--dir", str(lab_dir))
+    assert down.returncode == 0
+    assert "stopped: controller, kube-apiserver, etcd" in down.stdout
+    assert not any(processes.is_running(pid) for pid in pids)
+    assert not lab_dir.exists()
+    assert plunderctl("lab", "status", "--dir", str(lab_dir)).returncode == 3

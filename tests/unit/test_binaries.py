@@ -1,0 +1,33 @@
+"""The Go-program cache: keyed by the versions tools/go.mod pins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from plunder.lab import binaries
+
+
+def test_versions_come_from_tools_go_mod() -> None:
+    versions = binaries.pinned_versions()
+    assert versions["k8s.io/kubernetes"].startswith("v1.")
+    assert versions["sigs.k8s.io/cluster-api"].startswith("v1.")
+    assert versions["go.etcd.io/etcd/server/v3"].startswith("v3.")
+    # every staging module is replaced by the published release of the same minor
+    assert versions["k8s.io/apiserver"] == "v0." + versions["k8s.io/kubernetes"][len("v1.") :]
+
+
+def test_cache_path_is_keyed_by_version(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PLUNDER_CACHE", str(tmp_path))
+    path = binaries.binary_path("kube-apiserver", {"k8s.io/kubernetes": "v1.99.0"})
+    assert path == tmp_path / "bin" / "kube-apiserver-v1.99.0"
+
+
+def test_a_cached_binary_is_not_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PLUNDER_CACHE", str(tmp_path))
+    target = binaries.binary_path("etcd")
+    target.parent.mkdir(parents=True)
+    target.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("PATH", "")  # no go on PATH: a build attempt would fail
+    assert binaries.ensure_binary("etcd") == target
