@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,16 +20,27 @@ from plunder.lab.plane import Plane, start_plane
 
 pytestmark = pytest.mark.integration
 
+PLANE_FACTS: list[str] = []
+"""What the session's plane reported, printed in the terminal summary."""
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Show which kube-apiserver the integration tests ran against."""
+    for fact in PLANE_FACTS:
+        terminalreporter.write_line(fact)
+
 
 @pytest.fixture(scope="session")
 def plane(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Plane]:
     """A fresh etcd + kube-apiserver on loopback, for the whole session."""
+    started = time.monotonic()
     running = start_plane(tmp_path_factory.mktemp("plane"))
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"test plane: kube-apiserver {running.version()} at {running.server}")
+    PLANE_FACTS.append(
+        f"test plane: kube-apiserver {running.version()} at {running.server}, "
+        f"ready {time.monotonic() - started:.1f} s after start"
+    )
     yield running
     running.stop()
 
