@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 
@@ -80,7 +80,23 @@ class ResourceInfo:
         return f"{self.plural}.{self.group}"
 
 
+class ObjectMeta(KubeModel):
+    """The parts of Kubernetes' object metadata this code reads (the CRD leaves it to the API)."""
+
+    name: str | None = None
+    namespace: str | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+    creation_timestamp: str | None = None
+    deletion_timestamp: str | None = None
+
+
 class Resource(KubeModel):
     """A top-level kind. Subclasses declare ``info`` and their ``spec``/``status`` fields."""
 
     info: ClassVar[ResourceInfo]
+
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)

@@ -127,7 +127,10 @@ def resource_schema(kind: type[Resource]) -> JSONSchema:
         "kind": {"type": "string", "description": f"The kind of this object: {kind.info.kind}."},
         "metadata": {"type": "object"},
     }
-    properties.update(structural["properties"])
+    # metadata's schema is the API server's own; the model only reads it.
+    properties.update(
+        {name: prop for name, prop in structural["properties"].items() if name != "metadata"}
+    )
     schema: JSONSchema = {
         "type": "object",
         "description": _one_paragraph(structural.get("description", kind.info.kind)),

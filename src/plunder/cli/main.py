@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import click
+import httpx2 as httpx
+from lightkube.core.exceptions import ConfigError
 from rich.console import Console
 from rich.table import Table
 
@@ -165,7 +167,20 @@ def lab_build(build_all: bool) -> None:
 
 def main() -> None:
     """The console script's entry point."""
-    cli()
+    from plunder.cli import boot, hosts
+
+    cli.add_command(boot.boot)
+    cli.add_command(hosts.get)
+    cli.add_command(hosts.describe)
+    try:
+        cli()
+    except ConfigError as error:
+        err_console.print(f"[red]no cluster to talk to: {error}[/red]")
+        err_console.print("pass --kubeconfig or set KUBECONFIG (`plunderctl lab up` prints it)")
+        sys.exit(2)
+    except httpx.TransportError as error:
+        err_console.print(f"[red]cannot reach the API server: {error}[/red]")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

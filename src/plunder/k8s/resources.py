@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 
 from plunder.api.base import Resource
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A lightkube object as the plain dict the API sent (what our models validate)."""
+    raw: dict[str, Any] = obj.to_dict()
+    return raw
 
 
 @cache

@@ -1,0 +1,1 @@
+"""Where the boot service learns about hosts: one interface, a Kubernetes implementation."""

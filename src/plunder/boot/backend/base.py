@@ -1,0 +1,41 @@
+"""The backend seam: the protocol code asks for hosts by MAC or IP and reports what it saw."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+from plunder.api.inventory import PlunderHost
+
+
+@dataclass(frozen=True)
+class BootFacts:
+    """What a network-booting host told us about itself (through iPXE's settings)."""
+
+    mac: str
+    ip: str | None
+    firmware: Literal["bios", "uefi"] | None
+    manufacturer: str | None
+    product: str | None
+    serial: str | None
+    seen: datetime
+
+
+class HostBackend(Protocol):
+    """Host lookup for the boot service; answers from memory, never a round trip per request."""
+
+    def by_mac(self, mac: str) -> PlunderHost | None:
+        """The host with this boot MAC, if known."""
+
+    def count(self) -> int:
+        """How many hosts are known."""
+
+    def by_ip(self, ip: str) -> PlunderHost | None:
+        """The host last seen with this address, if any."""
+
+    async def discover(self, facts: BootFacts) -> None:
+        """Record a MAC seen for the first time (idempotent; concurrent calls make one host)."""
+
+    def seen(self, facts: BootFacts) -> None:
+        """Note that a known host asked again (written back at a bounded rate)."""

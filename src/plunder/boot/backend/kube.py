@@ -1,0 +1,245 @@
+"""The Kubernetes backend: a watch cache of PlunderHosts, discovery, and rate-limited lastSeen.
+
+A script request is answered from memory: the cache is filled by one list and kept current by
+a watch (relisted from scratch after any error, so a missed deletion cannot linger). Writes are
+the exception: creating a host for a new MAC (a deterministic name, so concurrent requests and
+several boot-service replicas make exactly one), and ``lastSeen``, coalesced per host and
+written at most once per interval, because a parked host asks every few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.types import PatchType
+
+from plunder.api.inventory import PlunderHost
+from plunder.boot.backend.base import BootFacts
+from plunder.boot.macs import host_name
+from plunder.boot.vendors import vendor_of
+from plunder.k8s.resources import as_dict, resource_for
+
+log = logging.getLogger(__name__)
+
+DISCOVERED_LABEL = "metal.plunder.dev/discovered-by"
+_RELIST_BACKOFF = (0.5, 1.0, 2.0, 5.0)
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def discovery_status(facts: BootFacts) -> dict[str, Any]:
+    """The status of a host seen for the first time."""
+    hardware = {
+        key: value
+        for key, value in (
+            ("systemVendor", facts.manufacturer),
+            ("productName", facts.product),
+            ("serialNumber", facts.serial),
+        )
+        if value
+    }
+    status: dict[str, Any] = {
+        "state": "discovered",
+        "firstSeen": _timestamp(facts.seen),
+        "lastSeen": _timestamp(facts.seen),
+    }
+    if (vendor := vendor_of(facts.mac)) is not None:
+        status["vendor"] = vendor
+    if facts.firmware:
+        status["bootFirmware"] = facts.firmware
+    if facts.ip:
+        status["ipAddress"] = facts.ip
+    if hardware:
+        status["hardware"] = hardware
+    return status
+
+
+def seen_status(facts: BootFacts, has_state: bool) -> dict[str, Any]:
+    """The status fields refreshed when a known host asks again."""
+    status: dict[str, Any] = {"lastSeen": _timestamp(facts.seen)}
+    if facts.ip:
+        status["ipAddress"] = facts.ip
+    if facts.firmware:
+        status["bootFirmware"] = facts.firmware
+    if not has_state:  # its creator stopped between create and status: finish the job
+        status.update(discovery_status(facts))
+        status.pop("firstSeen", None)
+    return status
+
+
+class KubeHostBackend:
+    """PlunderHosts of one namespace, cached; implements ``HostBackend``."""
+
+    def __init__(self, client: AsyncClient, namespace: str, last_seen_interval: float) -> None:
+        self._client = client
+        self._namespace = namespace
+        self._interval = last_seen_interval
+        self._resource = resource_for(PlunderHost)
+        self._by_mac: dict[str, PlunderHost] = {}
+        self._mac_by_name: dict[str, str] = {}
+        self._mac_by_ip: dict[str, str] = {}
+        self._creating: dict[str, asyncio.Task[None]] = {}
+        self._pending_seen: dict[str, BootFacts] = {}
+        self._last_written: dict[str, float] = {}
+        self._seen_wakeup = asyncio.Event()
+        self.synced = asyncio.Event()
+        """Set once the first full list is in the cache."""
+        self.writes = 0
+        """API writes made (for the benchmark and metrics)."""
+
+    # -------------------------------------------------------------------------- lookups
+
+    def by_mac(self, mac: str) -> PlunderHost | None:
+        """The cached host with this boot MAC."""
+        return self._by_mac.get(mac)
+
+    def by_ip(self, ip: str) -> PlunderHost | None:
+        """The cached host last seen with this address."""
+        mac = self._mac_by_ip.get(ip)
+        return self._by_mac.get(mac) if mac else None
+
+    def count(self) -> int:
+        """How many hosts are cached."""
+        return len(self._by_mac)
+
+    # -------------------------------------------------------------------------- cache
+
+    def _store(self, raw: dict[str, Any]) -> None:
+        host = PlunderHost.model_validate(raw)
+        name = host.metadata.name or ""
+        mac = host.spec.boot_mac_address
+        self._by_mac[mac] = host
+        self._mac_by_name[name] = mac
+        if host.status and host.status.ip_address:
+            self._mac_by_ip[host.status.ip_address] = mac
+
+    def _forget(self, raw: dict[str, Any]) -> None:
+        mac = self._mac_by_name.pop(raw["metadata"]["name"], None)
+        if mac is not None:
+            host = self._by_mac.pop(mac, None)
+            if host and host.status and host.status.ip_address:
+                self._mac_by_ip.pop(host.status.ip_address, None)
+
+    async def _list_and_watch(self) -> None:
+        listing = self._client.list(self._resource, namespace=self._namespace)
+        fresh = [as_dict(obj) async for obj in listing]
+        self._by_mac.clear()
+        self._mac_by_name.clear()
+        self._mac_by_ip.clear()
+        for raw in fresh:
+            self._store(raw)
+        self.synced.set()
+        log.info("host cache synced: %d hosts in namespace %s", len(fresh), self._namespace)
+        async for event, obj in self._client.watch(
+            self._resource, namespace=self._namespace, resource_version=listing.resourceVersion
+        ):
+            if event == "DELETED":
+                self._forget(as_dict(obj))
+            else:
+                self._store(as_dict(obj))
+
+    async def run(self) -> None:
+        """Keep the cache current until cancelled; relist after any error."""
+        failures = 0
+        while True:
+            try:
+                await self._list_and_watch()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any failure: relist after a pause
+                delay = _RELIST_BACKOFF[min(failures, len(_RELIST_BACKOFF) - 1)]
+                failures += 1
+                log.warning("host watch ended (%s); relisting in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+
+    # -------------------------------------------------------------------------- discovery
+
+    async def discover(self, facts: BootFacts) -> None:
+        """Create the PlunderHost of a new MAC; calls for one MAC share one create."""
+        if facts.mac in self._by_mac:
+            return
+        task = self._creating.get(facts.mac)
+        if task is None:
+            task = asyncio.create_task(self._create(facts))
+            self._creating[facts.mac] = task
+            task.add_done_callback(lambda _: self._creating.pop(facts.mac, None))
+        await asyncio.shield(task)
+
+    async def _create(self, facts: BootFacts) -> None:
+        name = host_name(facts.mac)
+        body = self._resource.from_dict(
+            {
+                "apiVersion": PlunderHost.info.api_version,
+                "kind": PlunderHost.info.kind,
+                "metadata": {
+                    "name": name,
+                    "namespace": self._namespace,
+                    "labels": {DISCOVERED_LABEL: "boot-service"},
+                },
+                "spec": {"bootMACAddress": facts.mac},
+            }
+        )
+        try:
+            created = await self._client.create(body)
+        except ApiError as error:
+            if error.status.code == 409:  # another request or replica made it first
+                return
+            raise
+        self.writes += 1
+        self._store(as_dict(created))
+        await self._patch_status(name, discovery_status(facts))
+        self._last_written[facts.mac] = time.monotonic()
+        log.info("discovered %s (%s) as %s", facts.mac, vendor_of(facts.mac) or "?", name)
+
+    async def _patch_status(self, name: str, status: dict[str, Any]) -> None:
+        patched = await self._client.patch(
+            self._resource.Status,
+            name,
+            {"status": status},
+            namespace=self._namespace,
+            patch_type=PatchType.MERGE,
+        )
+        self.writes += 1
+        self._store(as_dict(patched))
+
+    # -------------------------------------------------------------------------- lastSeen
+
+    def seen(self, facts: BootFacts) -> None:
+        """Queue a lastSeen update; the writer coalesces them per host."""
+        self._pending_seen[facts.mac] = facts
+        self._seen_wakeup.set()
+
+    async def write_seen(self) -> None:
+        """Write queued lastSeen updates, each host at most once per interval, until cancelled."""
+        while True:
+            await self._seen_wakeup.wait()
+            self._seen_wakeup.clear()
+            now = time.monotonic()
+            due = [
+                facts
+                for mac, facts in list(self._pending_seen.items())
+                if now - self._last_written.get(mac, 0.0) >= self._interval
+            ]
+            for facts in due:
+                self._pending_seen.pop(facts.mac, None)
+                host = self._by_mac.get(facts.mac)
+                if host is None or host.metadata.name is None:
+                    continue
+                self._last_written[facts.mac] = now
+                has_state = bool(host.status and host.status.state)
+                try:
+                    await self._patch_status(host.metadata.name, seen_status(facts, has_state))
+                except ApiError as error:
+                    log.warning("lastSeen of %s not written: %s", facts.mac, error.status.message)
+            if self._pending_seen:  # the rest are not due yet: look again in a moment
+                await asyncio.sleep(min(1.0, self._interval))
+                self._seen_wakeup.set()

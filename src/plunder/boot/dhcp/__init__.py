@@ -1,0 +1,1 @@
+"""DHCP and TFTP: dnsmasq's configuration, and its supervision."""

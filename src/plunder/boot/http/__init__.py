@@ -1,0 +1,1 @@
+"""The boot service's HTTP side: iPXE scripts, files, health and metrics."""

@@ -1,0 +1,144 @@
+"""The aiohttp application: /chain.ipxe, /boot.ipxe, /files/, /healthz and /metrics.
+
+Every request is answered from the backend's memory. Bad input (an invalid or spoofed ``mac``,
+an oversized request, an unknown path) gets a 4xx and one log line, and never stops the
+service from answering others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Literal
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from plunder.boot.backend.base import BootFacts, HostBackend
+from plunder.boot.dhcp.leases import LeaseTable
+from plunder.boot.http.metrics import BootMetrics
+from plunder.boot.ipxe import decide, scripts
+from plunder.boot.macs import InvalidMACError, normalise_mac
+from plunder.boot.settings import BootSettings
+
+log = logging.getLogger(__name__)
+
+IPXE_CONTENT_TYPE = "text/plain"
+DISCOVERY_TIMEOUT = 5.0
+_FACT_MAX = 128
+
+BACKEND_KEY = web.AppKey("backend", HostBackend)
+SETTINGS_KEY = web.AppKey("settings", BootSettings)
+LEASES_KEY = web.AppKey("leases", LeaseTable)
+METRICS_KEY = web.AppKey("metrics", BootMetrics)
+READY_KEY = web.AppKey("ready", asyncio.Event)
+
+
+def _fact(request: web.Request, name: str) -> str | None:
+    value = request.query.get(name, "").strip()
+    return value[:_FACT_MAX] if value else None
+
+
+def _firmware(platform: str | None) -> Literal["bios", "uefi"] | None:
+    return {"pcbios": "bios", "efi": "uefi"}.get(platform or "")  # type: ignore[return-value]
+
+
+def _reject(request: web.Request, status: int, reason: str, detail: str) -> web.Response:
+    request.app[METRICS_KEY].rejected.labels(reason).inc()
+    log.warning("%s %s from %s: %s", request.method, request.path, request.remote, detail)
+    return web.Response(status=status, text=f"{detail}\n")
+
+
+async def chain_ipxe(request: web.Request) -> web.Response:
+    """The static script DHCP hands iPXE."""
+    return web.Response(
+        text=scripts.chain_script(request.app[SETTINGS_KEY].http_base),
+        content_type=IPXE_CONTENT_TYPE,
+    )
+
+
+async def boot_ipxe(request: web.Request) -> web.Response:
+    """The script for one host, by its state; an unknown MAC is recorded first."""
+    app = request.app
+    settings = app[SETTINGS_KEY]
+    try:
+        mac = normalise_mac(request.query.get("mac", ""))
+    except InvalidMACError as error:
+        return _reject(request, 400, "invalid-mac", str(error))
+    leased_to = app[LEASES_KEY].mac_for(request.remote or "")
+    if leased_to is not None and leased_to != mac:
+        return _reject(
+            request,
+            403,
+            "spoofed-mac",
+            f"mac {mac} claimed from {request.remote}, which DHCP leased to {leased_to}",
+        )
+    facts = BootFacts(
+        mac=mac,
+        ip=_fact(request, "ip") or request.remote,
+        firmware=_firmware(_fact(request, "platform")),
+        manufacturer=_fact(request, "manufacturer"),
+        product=_fact(request, "product"),
+        serial=_fact(request, "serial"),
+        seen=datetime.now(UTC),
+    )
+    backend = app[BACKEND_KEY]
+    host = backend.by_mac(mac)
+    if host is None:
+        try:
+            await asyncio.wait_for(backend.discover(facts), DISCOVERY_TIMEOUT)
+            app[METRICS_KEY].discovered.inc()
+        except Exception as error:  # noqa: BLE001 - the host keeps polling; we retry then
+            log.warning("discovery of %s failed: %s", mac, error)
+        host = backend.by_mac(mac)
+    else:
+        backend.seen(facts)
+    files_base = f"{settings.http_base}/files"
+    cmdline = f"plunder.server={settings.http_base} plunder.mac={mac} console=ttyS0"
+    decision = decide.decide(host, files_base, cmdline)
+    app[METRICS_KEY].scripts.labels(decision.action).inc()
+    return web.Response(
+        text=scripts.render_script(decision, mac, settings.http_base, settings.poll_seconds),
+        content_type=IPXE_CONTENT_TYPE,
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 once the host cache is synced."""
+    if not request.app[READY_KEY].is_set():
+        return web.Response(status=503, text="host cache not synced yet\n")
+    return web.Response(text="ok\n")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    registry = request.app[METRICS_KEY].registry
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+def make_app(
+    settings: BootSettings,
+    backend: HostBackend,
+    leases: LeaseTable,
+    ready: asyncio.Event,
+    boot_metrics: BootMetrics | None = None,
+) -> web.Application:
+    """The boot service's web application."""
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SETTINGS_KEY] = settings
+    app[BACKEND_KEY] = backend
+    app[LEASES_KEY] = leases
+    app[READY_KEY] = ready
+    app[METRICS_KEY] = boot_metrics or BootMetrics()
+    app[METRICS_KEY].hosts.set_function(lambda: float(backend.count()))
+    app.router.add_get("/chain.ipxe", chain_ipxe)
+    app.router.add_get("/boot.ipxe", boot_ipxe)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    if settings.files_dir is not None:
+        # FileResponse underneath: Range requests and sendfile(2); no symlinks out of the folder.
+        app.router.add_static("/files/", settings.files_dir, follow_symlinks=False)
+    return app

@@ -1,0 +1,1 @@
+"""iPXE scripts: what a host that network-boots is told to do, by its state."""

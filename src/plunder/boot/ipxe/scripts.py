@@ -1,0 +1,77 @@
+"""Render the iPXE script for a host, from its state.
+
+A host without work *parks*: the script waits a few seconds and asks again, in the same iPXE
+session, so work set on the host is picked up within one poll and without a reboot. The
+original plunder's reboot loop stays available (``parkMode: reboot``) for hosts whose firmware
+cannot keep iPXE running. A provisioned host is sent to its disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import quote
+
+Platform = Literal["pcbios", "efi"]
+
+# The facts iPXE reports on every request; :uristring makes them safe inside a URL.
+FACTS_QUERY = (
+    "mac=${net0/mac}&ip=${net0/ip}&platform=${platform}&arch=${buildarch}"
+    "&manufacturer=${manufacturer:uristring}&product=${product:uristring}"
+    "&serial=${serial:uristring}&uuid=${uuid}"
+)
+
+
+@dataclass(frozen=True)
+class BootDecision:
+    """What a host should do now: park (poll or reboot), boot a kernel, or boot its disk."""
+
+    action: Literal["park", "reboot-loop", "kernel", "disk"]
+    reason: str
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str = ""
+
+
+def chain_script(http_base: str) -> str:
+    """The static script that DHCP hands iPXE: it chains to /boot.ipxe with the host's facts."""
+    return f"#!ipxe\nchain --replace --autofree {http_base}/boot.ipxe?{FACTS_QUERY}\n"
+
+
+def _poll_url(http_base: str, mac: str) -> str:
+    query = f"mac={quote(mac, safe=':')}&ip=${{net0/ip}}&platform=${{platform}}&poll=1"
+    return f"{http_base}/boot.ipxe?{query}"
+
+
+def render_script(decision: BootDecision, mac: str, http_base: str, poll_seconds: int) -> str:
+    """The iPXE script for ``decision``."""
+    header = f"#!ipxe\necho plunder: {mac}: {decision.reason}\n"
+    if decision.action == "park":
+        return header + (
+            ":poll\n"
+            f"prompt --timeout {poll_seconds * 1000} plunder: waiting for work ||\n"
+            f"chain --replace --autofree {_poll_url(http_base, mac)} || goto poll\n"
+        )
+    if decision.action == "reboot-loop":
+        return header + (
+            f"prompt --timeout {poll_seconds * 1000} plunder: rebooting (reboot loop) ||\nreboot\n"
+        )
+    if decision.action == "disk":
+        # BIOS: boot the first disk's MBR; UEFI: leave iPXE and let the firmware try the next
+        # boot option (the disk). Either way the firmware, not iPXE, runs the installed OS.
+        return header + (
+            "iseq ${platform} efi && exit ||\nsanboot --no-describe --drive 0x80 || exit\n"
+        )
+    if decision.kernel is None:
+        raise ValueError("a kernel boot needs a kernel URL")
+    lines = [header.rstrip("\n"), f"kernel {decision.kernel} {decision.cmdline}".rstrip()]
+    if decision.initrd:
+        lines.append(f"initrd {decision.initrd}")
+    lines += [
+        "boot || goto failed",
+        ":failed",
+        "echo plunder: boot failed, asking again",
+        f"prompt --timeout {poll_seconds * 1000} ||",
+        f"chain --replace --autofree {_poll_url(http_base, mac)}",
+    ]
+    return "\n".join(lines) + "\n"

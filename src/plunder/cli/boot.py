@@ -1,0 +1,101 @@
+"""``plunderctl boot``: run the boot service."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import click
+
+from plunder.boot.settings import BootSettings, DhcpSettings
+
+
+@click.command()
+@click.option(
+    "--kubeconfig",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="KUBECONFIG",
+    help="Kubeconfig of the management cluster.",
+)
+@click.option(
+    "--address",
+    required=True,
+    type=IPv4Address,
+    help="This service's address on the provisioning network.",
+)
+@click.option("--http-port", default=8080, show_default=True)
+@click.option(
+    "--interface", default="br0", show_default=True, help="The provisioning network's interface."
+)
+@click.option("--subnet", default="172.31.99.0/24", show_default=True, type=IPv4Network)
+@click.option(
+    "--dhcp",
+    "dhcp_mode",
+    type=click.Choice(["full", "proxy", "off"]),
+    default="full",
+    show_default=True,
+    help="full: lease addresses; proxy: only boot information beside another DHCP "
+    "server; off: no DHCP/TFTP.",
+)
+@click.option("--range-start", type=IPv4Address, default=None, help="Default: .100")
+@click.option("--range-end", type=IPv4Address, default=None, help="Default: .199")
+@click.option("--router", type=IPv4Address, default=None, help="Gateway handed out (full).")
+@click.option("--netns", default=None, help="The provisioning network is this namespace.")
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/var/lib/plunder/boot"),
+    show_default=True,
+)
+@click.option(
+    "--files-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Served under /files/ (kernels, initrds, images).",
+)
+@click.option(
+    "--namespace",
+    default="default",
+    show_default=True,
+    help="The Kubernetes namespace of the PlunderHosts.",
+)
+@click.option(
+    "--poll-seconds", default=3, show_default=True, help="How often a parked host asks for work."
+)
+def boot(
+    kubeconfig: Path | None,
+    address: IPv4Address,
+    http_port: int,
+    interface: str,
+    subnet: IPv4Network,
+    dhcp_mode: str,
+    range_start: IPv4Address | None,
+    range_end: IPv4Address | None,
+    router: IPv4Address | None,
+    netns: str | None,
+    run_dir: Path,
+    files_dir: Path | None,
+    namespace: str,
+    poll_seconds: int,
+) -> None:
+    """Run the boot service: DHCP/TFTP (dnsmasq) and HTTP (iPXE scripts, files)."""
+    from plunder.boot import service
+
+    settings = BootSettings(
+        address=address,
+        run_dir=run_dir,
+        http_port=http_port,
+        files_dir=files_dir,
+        namespace=namespace,
+        poll_seconds=poll_seconds,
+        dhcp=DhcpSettings(
+            mode=dhcp_mode,  # type: ignore[arg-type]
+            interface=interface,
+            network=subnet,
+            range_start=range_start,
+            range_end=range_end,
+            router=router,
+            netns=netns,
+        ),
+    )
+    service.run(settings, kubeconfig)
