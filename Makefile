@@ -15,8 +15,8 @@ lab-down:
 	$(PY)/plunderctl lab down
 
 lint:
-	$(PY)/ruff check src tests
-	$(PY)/ruff format --check src tests
+	$(PY)/ruff check src tests bench
+	$(PY)/ruff format --check src tests bench
 	$(PY)/lint-imports
 
 typecheck:

@@ -4,16 +4,33 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages, by a file or program each one provides. The lab's virtual bare metal:
+# QEMU (TCG), OVMF for UEFI hosts, libvirt (so BMC emulators can drive the hosts), Debian's iPXE
+# builds, dnsmasq for DHCP/TFTP; wrk drives the benchmarks.
+declare -A provides=(
+  [python3]=python3 [python3-venv]=/usr/lib/python3*/ensurepip [git]=git [make]=make
+  [iproute2]=ip [dnsmasq-base]=dnsmasq [ipxe]=/usr/lib/ipxe/undionly.kpxe
+  [ipxe-qemu]=/usr/lib/ipxe/qemu/pxe-e1000.rom [qemu-system-x86]=qemu-system-x86_64
+  [qemu-utils]=qemu-img [ovmf]=/usr/share/OVMF/OVMF_CODE_4M.fd
+  [libvirt-daemon-system]=libvirtd [libvirt-clients]=virsh [wrk]=wrk
+)
 need_apt=()
-command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
-command -v git >/dev/null || need_apt+=(git)
-command -v make >/dev/null || need_apt+=(make)
+for package in "${!provides[@]}"; do
+  what=${provides[$package]}
+  if [[ $what == /* ]]; then
+    compgen -G "$what" >/dev/null || need_apt+=("$package")
+  else
+    command -v "$what" >/dev/null || [ -x "/usr/sbin/$what" ] || need_apt+=("$package")
+  fi
+done
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: missing ${need_apt[*]}; run as root or install them" >&2
     exit 1
   fi
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
 if ! command -v go >/dev/null; then

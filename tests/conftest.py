@@ -1,9 +1,90 @@
-"""Settings for the whole test session."""
+"""Settings and fixtures for the whole test session.
+
+The management plane is real: etcd + kube-apiserver built from tools/ and started once per
+session (integration and end-to-end tests share it).
+"""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lightkube import Client
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace
+
+from plunder.k8s import client as k8s_client
+from plunder.k8s import crds
+from plunder.lab import binaries
+from plunder.lab.plane import Plane, start_plane
 
 # The HTTP client logs each request at INFO; failures are easier to read without them.
 for _noisy in ("httpx", "httpx2"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+PLANE_FACTS: list[str] = []
+"""What the session's plane reported, printed in the terminal summary."""
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Show which kube-apiserver the integration tests ran against."""
+    for fact in PLANE_FACTS:
+        terminalreporter.write_line(fact)
+
+
+@pytest.fixture(scope="session")
+def plane(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Plane]:
+    """A fresh etcd + kube-apiserver on loopback, for the whole session."""
+    started = time.monotonic()
+    running = start_plane(tmp_path_factory.mktemp("plane"))
+    PLANE_FACTS.append(
+        f"test plane: kube-apiserver {running.version()} at {running.server}, "
+        f"ready {time.monotonic() - started:.1f} s after start"
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(plane: Plane) -> Client:
+    """An admin client of the plane, with this project's CRDs and Cluster API's installed."""
+    client = k8s_client.sync_client(plane.kubeconfig)
+    crds.install_plunder_crds(client)
+    return client
+
+
+@pytest.fixture(scope="session")
+def cluster_api_crds(kube: Client) -> list[str]:
+    """Cluster API's core, kubeadm bootstrap and control-plane CRDs, from the pinned release."""
+    return crds.install_crd_files(kube, binaries.cluster_api_crd_files())
+
+
+@pytest.fixture
+def namespace(kube: Client) -> Iterator[str]:
+    """A namespace of the test's own, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.create(Namespace(metadata=ObjectMeta(name=name)))
+    yield name
+    kube.delete(Namespace, name)
+
+
+@pytest.fixture(scope="session")
+def kubectl(plane: Plane) -> list[str]:
+    """The kubectl command line for the plane."""
+    return [str(binaries.ensure_binary("kubectl")), f"--kubeconfig={plane.kubeconfig}"]
+
+
+def run_kubectl(
+    kubectl: list[str], *args: str, stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run kubectl and return what it printed (not raising: tests look at the exit code)."""
+    return subprocess.run(
+        [*kubectl, *args], input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd
+    )

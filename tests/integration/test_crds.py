@@ -15,7 +15,7 @@ import pytest
 import yaml
 from lightkube import Client
 
-from tests.integration.conftest import run_kubectl
+from tests.conftest import run_kubectl
 
 pytestmark = pytest.mark.integration
 

@@ -98,25 +98,66 @@ def lab() -> None:
 @click.option("--apiserver-port", type=int, default=6443, show_default=True)
 @click.option("--etcd-port", type=int, default=23790, show_default=True, help="Peer port: +10.")
 @click.option("--controller-port", type=int, default=28080, show_default=True, help="/healthz.")
-def lab_up(lab_dir: Path | None, apiserver_port: int, etcd_port: int, controller_port: int) -> None:
+@click.option(
+    "--hosts",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Blank virtual bare-metal hosts (every third boots UEFI); 0: none, and no "
+    "provisioning network or boot service.",
+)
+@click.option(
+    "--netns",
+    default="plunder-lab",
+    show_default=True,
+    help="The provisioning network's namespace.",
+)
+@click.option(
+    "--address",
+    "ipv4",
+    default="172.31.99.1/24",
+    show_default=True,
+    help="The boot service's address on the provisioning network, with prefix.",
+)
+@click.option("--dhcp", type=click.Choice(["full", "proxy"]), default="full", show_default=True)
+def lab_up(
+    lab_dir: Path | None,
+    apiserver_port: int,
+    etcd_port: int,
+    controller_port: int,
+    hosts: int,
+    netns: str,
+    ipv4: str,
+    dhcp: str,
+) -> None:
     """Start the lab and say how to use it."""
     from plunder.lab import lab as lab_module
     from plunder.lab.plane import PlanePorts
 
     folder = lab_dir or lab_module.default_lab_dir()
-    ports = PlanePorts(etcd_client=etcd_port, etcd_peer=etcd_port + 10, apiserver=apiserver_port)
+    options = lab_module.LabOptions(
+        ports=PlanePorts(etcd_client=etcd_port, etcd_peer=etcd_port + 10, apiserver=apiserver_port),
+        controller_port=controller_port,
+        hosts=hosts,
+        netns=netns,
+        ipv4=ipv4,
+        dhcp=dhcp,
+    )
     try:
-        info = lab_module.up(folder, ports, controller_port)
+        info = lab_module.up(folder, options)
     except lab_module.LabError as error:
         err_console.print(f"[red]{error}[/red]")
         sys.exit(1)
     console.print(f"[green]The lab is up[/green]: Kubernetes {info.version} at {info.server}")
     console.print(f"CRDs installed: {', '.join(info.crds)}", soft_wrap=True)
-    console.print("Point kubectl at it:")
-    console.print(
-        f"  export KUBECONFIG={info.kubeconfig} PATH={info.bin_dir}:$PATH", soft_wrap=True
-    )
-    console.print("  kubectl get crds | grep plunder")
+    if info.boot_url:
+        console.print(f"Boot service: {info.boot_url} (namespace {netns})", soft_wrap=True)
+        console.print(f"Hosts network-booting: {', '.join(info.hosts)}", soft_wrap=True)
+    console.print("Point kubectl and plunderctl at it:")
+    exports = f"export KUBECONFIG={info.kubeconfig} PATH={info.bin_dir}:$PATH"
+    console.print(f"  {exports}", soft_wrap=True)
+    console.print("  plunderctl get unleased      # the hosts appear within seconds of booting")
+    console.print("  kubectl get plunderhosts")
     console.print("Stop it with: plunderctl lab down")
 
 
@@ -147,6 +188,8 @@ def lab_status(lab_dir: Path | None) -> None:
             str(pid or ""),
             str(folder / f"{name}.log"),
         )
+    for name, state in lab_module.host_states(folder).items():
+        table.add_row(name, state, "", str(folder / "vms" / f"{name}.serial.log"))
     console.print(table)
     if all(pid is None for pid in states.values()):
         sys.exit(3)

@@ -1,30 +1,65 @@
 """The lab: everything this project runs, on one machine, for a person to try and for CI.
 
-``up`` starts the management plane (etcd + kube-apiserver), installs our CRDs and Cluster API's
-(so the examples apply) and runs the controller, each as a background process recorded in the
-lab folder; ``down`` stops them and removes the folder; ``status`` says what runs. Later parts
-(the boot service, virtual hosts, Cluster API's controllers) join the same sequence.
+``up`` starts, in order: the management plane (etcd + kube-apiserver) with our CRDs and Cluster
+API's (so the examples apply); the controller; the provisioning network (a namespace with a
+bridge); the boot service on it; a private libvirt; and N blank virtual bare-metal hosts that
+PXE-boot and appear as unleased PlunderHosts. Each process is recorded in the lab folder, with
+the facts ``down`` needs in ``lab.json``, so ``down`` (another process) stops it all and removes
+the namespace; ``status`` says what runs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
 
+from plunder.boot import netns
 from plunder.k8s import client as k8s_client
 from plunder.k8s import crds
-from plunder.lab import binaries, processes
+from plunder.lab import binaries, hypervisor, network, processes, vms
 from plunder.lab.plane import PlanePorts, start_plane
 
-COMPONENTS = ("controller", "kube-apiserver", "etcd")  # the order they are stopped in
+COMPONENTS = ("boot", "controller", "kube-apiserver", "etcd")  # the order they are stopped in
+LAB_FACTS = "lab.json"
+HOSTS_FACTS = "hosts.json"
+HOST_MACS = ("00:50:56:a5:11:20", "00:50:56:a5:b5:f1", "00:50:56:a5:c3:07")
+"""The first hosts' MACs (VMware's OUI, as in the original plunder's walkthrough)."""
 
 
 def default_lab_dir() -> Path:
     """``$PLUNDER_LAB_DIR``, else ``~/.plunder/lab``."""
     return Path(os.environ.get("PLUNDER_LAB_DIR", Path.home() / ".plunder" / "lab"))
+
+
+def host_specs(count: int) -> list[vms.VMSpec]:
+    """``count`` blank hosts; every third one boots UEFI, the others legacy BIOS."""
+    specs = []
+    for i in range(count):
+        mac = HOST_MACS[i] if i < len(HOST_MACS) else f"52:54:00:a5:00:{i:02x}"
+        firmware: vms.Firmware = "uefi" if i % 3 == 2 else "bios"
+        specs.append(vms.VMSpec(name=f"plunder-host-{i + 1}", mac=mac, firmware=firmware))
+    return specs
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    """How the lab is laid out; the defaults suit a person, tests pass their own."""
+
+    ports: PlanePorts = PlanePorts(etcd_client=23790, etcd_peer=23800, apiserver=6443)
+    controller_port: int = 28080
+    hosts: int = 3
+    netns: str = "plunder-lab"
+    ipv4: str = "172.31.99.1/24"
+    ipv6: str = "fd00:99::1/64"
+    boot_port: int = 8080
+    dhcp: str = "full"
 
 
 @dataclass(frozen=True)
@@ -36,29 +71,47 @@ class LabInfo:
     server: str
     version: str
     crds: list[str]
+    boot_url: str | None = None
+    hosts: list[str] = field(default_factory=list)
 
 
 class LabError(RuntimeError):
     """The lab cannot do what was asked (already up, a port taken, …)."""
 
 
-def up(lab_dir: Path, ports: PlanePorts, controller_port: int) -> LabInfo:
-    """Start the plane, install the CRDs and start the controller."""
+def _check_free(lab_dir: Path, options: LabOptions) -> None:
     running = [name for name in COMPONENTS if processes.recorded_pid(lab_dir, name)]
     if running:
         raise LabError(
             f"the lab in {lab_dir} is already up ({', '.join(running)}); "
             "run `plunderctl lab down` first"
         )
-    taken = [port for port in (*ports.all(), controller_port) if not processes.port_is_free(port)]
+    ports = (*options.ports.all(), options.controller_port)
+    taken = [port for port in ports if not processes.port_is_free(port)]
     if taken:
         raise LabError(
-            f"port {', '.join(map(str, taken))} already in use: another lab or API "
-            "server? Choose others with --apiserver-port, --etcd-port, --controller-port"
+            f"port {', '.join(map(str, taken))} already in use: another lab or API server? "
+            "Choose others with --apiserver-port, --etcd-port, --controller-port"
         )
+    if options.hosts and network.namespace_exists(options.netns):
+        raise LabError(
+            f"network namespace {options.netns} exists: another lab? Choose another with --netns "
+            f"(or remove a leftover with `ip netns del {options.netns}`)"
+        )
+
+
+def _ready_in_namespace(namespace: str, url: str) -> bool:
+    with netns.entered(namespace):
+        return processes.http_ok(url)()
+
+
+def up(lab_dir: Path, options: LabOptions) -> LabInfo:
+    """Start the lab; on any failure, stop what was started."""
+    _check_free(lab_dir, options)
     shutil.rmtree(lab_dir, ignore_errors=True)
     bin_dir = binaries.link_dir(binaries.ensure_binaries(binaries.PLANE_PROGRAMS))
-    plane = start_plane(lab_dir, ports)
+    plane = start_plane(lab_dir, options.ports)
+    (lab_dir / LAB_FACTS).write_text(json.dumps(asdict(options), default=str))
     try:
         client = k8s_client.sync_client(plane.kubeconfig)
         installed = crds.install_plunder_crds(client)
@@ -73,25 +126,103 @@ def up(lab_dir: Path, ports: PlanePorts, controller_port: int) -> LabInfo:
                 "--kubeconfig",
                 str(plane.kubeconfig),
                 "--liveness-port",
-                str(controller_port),
+                str(options.controller_port),
             ],
             lab_dir,
         )
         processes.wait_until(
-            processes.http_ok(f"http://127.0.0.1:{controller_port}/healthz"),
+            processes.http_ok(f"http://127.0.0.1:{options.controller_port}/healthz"),
             "controller",
             controller,
             timeout=60,
         )
-    except Exception:
+        boot_url, names = (
+            (None, []) if not options.hosts else _start_hosts(lab_dir, options, plane.kubeconfig)
+        )
+    except BaseException:
         down(lab_dir, remove=False)
         raise
-    return LabInfo(plane.kubeconfig, bin_dir, plane.server, plane.version(), installed)
+    return LabInfo(
+        plane.kubeconfig, bin_dir, plane.server, plane.version(), installed, boot_url, names
+    )
+
+
+def _start_hosts(lab_dir: Path, options: LabOptions, kubeconfig: Path) -> tuple[str, list[str]]:
+    """The provisioning network, the boot service on it, libvirt, and the blank hosts."""
+    net = network.create_network(options.netns, options.ipv4, options.ipv6)
+    address = net.ipv4_address
+    files = lab_dir / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    boot = processes.start(
+        "boot",
+        [
+            sys.executable,
+            "-m",
+            "plunder.cli.main",
+            "boot",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--address",
+            address,
+            "--http-port",
+            str(options.boot_port),
+            "--netns",
+            net.namespace,
+            "--interface",
+            net.bridge,
+            "--subnet",
+            str(IPv4Interface(options.ipv4).network),
+            "--dhcp",
+            options.dhcp,
+            "--run-dir",
+            str(lab_dir / "boot"),
+            "--files-dir",
+            str(files),
+        ],
+        lab_dir,
+    )
+    boot_url = f"http://{address}:{options.boot_port}"
+    processes.wait_until(
+        lambda: _ready_in_namespace(net.namespace, f"{boot_url}/healthz"),
+        "boot service",
+        boot,
+        timeout=60,
+    )
+    libvirt = hypervisor.Hypervisor.start(net, lab_dir / "hv")
+    names, started = [], []
+    for spec in host_specs(options.hosts):
+        vms.define(libvirt.uri, spec, net.bridge, lab_dir / "vms")
+        vms.start(libvirt.uri, spec.name)
+        started.append({**asdict(spec), "powered_on": time.time()})
+        names.append(f"{spec.name} ({spec.firmware}, {spec.mac})")
+    # When each host was powered on: what boot-to-discovered times are measured from.
+    (lab_dir / HOSTS_FACTS).write_text(json.dumps(started, indent=1))
+    return boot_url, names
+
+
+def _recorded_options(lab_dir: Path) -> LabOptions | None:
+    try:
+        facts = json.loads((lab_dir / LAB_FACTS).read_text())
+    except FileNotFoundError:
+        return None
+    facts["ports"] = PlanePorts(**facts["ports"])
+    return LabOptions(**facts)
 
 
 def down(lab_dir: Path, remove: bool = True) -> list[str]:
-    """Stop every recorded process (controller first, etcd last); remove the lab folder."""
-    stopped = [name for name in COMPONENTS if processes.stop_recorded(lab_dir, name)]
+    """Stop the hosts and every recorded process; remove the namespace and the lab folder."""
+    options = _recorded_options(lab_dir)
+    stopped = []
+    if (lab_dir / "hv").exists():
+        hypervisor.stop_hypervisor(lab_dir / "hv")
+        stopped.append("hosts")
+    stopped += [name for name in COMPONENTS if processes.stop_recorded(lab_dir, name)]
+    if options is not None and options.hosts:
+        network.delete_network(
+            network.LabNetwork(
+                options.netns, "br0", IPv4Interface(options.ipv4), IPv6Interface(options.ipv6)
+            )
+        )
     if remove:
         shutil.rmtree(lab_dir, ignore_errors=True)
     return stopped
@@ -100,3 +231,19 @@ def down(lab_dir: Path, remove: bool = True) -> list[str]:
 def status(lab_dir: Path) -> dict[str, int | None]:
     """Each component's pid, or None where it does not run."""
     return {name: processes.recorded_pid(lab_dir, name) for name in reversed(COMPONENTS)}
+
+
+def host_states(lab_dir: Path) -> dict[str, str]:
+    """Each virtual host's libvirt state (running, shut off, …); empty without hosts."""
+    run_dir = lab_dir / "hv"
+    if processes.recorded_pid(run_dir, hypervisor.DAEMON) is None:
+        return {}
+    uri = hypervisor.uri_for(run_dir)
+    names = hypervisor.virsh(uri, "list", "--all", "--name", check=False).split()
+    return {name: vms.state(uri, name) for name in names}
+
+
+def fetch(url: str, namespace: str) -> str:
+    """GET a URL on the provisioning network (for status and tests)."""
+    with netns.entered(namespace), urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+        return str(response.read().decode())

@@ -32,7 +32,8 @@ _RELIST_BACKOFF = (0.5, 1.0, 2.0, 5.0)
 
 
 def _timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 with milliseconds: boot-to-discovered times are measured from it."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def discovery_status(facts: BootFacts) -> dict[str, Any]:

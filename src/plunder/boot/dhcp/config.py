@@ -57,6 +57,16 @@ def pxe_stem(boot_file: str) -> str:
     return boot_file.rsplit(".", 1)[0]
 
 
+def _ipxe_boot_line(settings: BootSettings) -> str:
+    """IPXE clients get the chain script, with our address as next-server (siaddr).
+
+    iPXE accepts a ProxyDHCP answer only if it carries PXE options: a boot file *and* a
+    next-server, even when the file is an HTTP URL. Without siaddr a BIOS iPXE ROM asks the
+    proxy again and again, then gives up with "Nothing to boot" (seen in the lab, proxy mode).
+    """
+    return f"dhcp-boot=tag:ipxe,{chain_url(settings)},,{settings.address}"
+
+
 def _range_bounds(settings: BootSettings) -> tuple[IPv4Address, IPv4Address]:
     network = settings.dhcp.network
     start = settings.dhcp.range_start or network.network_address + 100
@@ -94,7 +104,7 @@ def render_dnsmasq_conf(settings: BootSettings, leases: str, tftp_root: str) -> 
             "no-ping",  # a blank host has no address to defend; ping costs 3 s per offer
             # iPXE waits for a proxyDHCP answer unless told there is none (option 175.176).
             "dhcp-option=tag:ipxe,encap:175,176,1b",
-            f"dhcp-boot=tag:ipxe,{chain_url(settings)}",
+            _ipxe_boot_line(settings),
         ]
         lines += [f"dhcp-boot=tag:!ipxe,tag:{a.tag},{a.boot_file}" for a in ARCH_BOOTS]
         if dhcp.router is not None:
@@ -104,7 +114,7 @@ def render_dnsmasq_conf(settings: BootSettings, leases: str, tftp_root: str) -> 
     else:
         lines += [
             f"dhcp-range={dhcp.network.network_address},proxy,{netmask}",
-            f"dhcp-boot=tag:ipxe,{chain_url(settings)}",
+            _ipxe_boot_line(settings),
         ]
         # The PXE client appends the layer suffix ".0" itself: TFTP serves <stem>.0 copies.
         lines += [

@@ -64,9 +64,11 @@ def render_script(decision: BootDecision, mac: str, http_base: str, poll_seconds
         )
     if decision.kernel is None:
         raise ValueError("a kernel boot needs a kernel URL")
-    lines = [header.rstrip("\n"), f"kernel {decision.kernel} {decision.cmdline}".rstrip()]
+    # A failed command ends an iPXE script: each one falls back to asking again instead.
+    kernel = f"kernel {decision.kernel} {decision.cmdline}".rstrip()
+    lines = [header.rstrip("\n"), f"{kernel} || goto failed"]
     if decision.initrd:
-        lines.append(f"initrd {decision.initrd}")
+        lines.append(f"initrd {decision.initrd} || goto failed")
     lines += [
         "boot || goto failed",
         ":failed",
