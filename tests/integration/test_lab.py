@@ -29,11 +29,14 @@ def plunderctl(*args: str) -> subprocess.CompletedProcess[str]:
 def test_lab_up_status_down(tmp_path: Path) -> None:
     lab_dir = tmp_path / "lab"
     ports = [str(processes.free_port()) for _ in range(3)]
+    # The management plane alone (--hosts 0); tests/e2e/test_lab_hosts.py runs the hosts too.
     up = plunderctl(
         "lab",
         "up",
         "--dir",
         str(lab_dir),
+        "--hosts",
+        "0",
         "--apiserver-port",
         ports[0],
         "--etcd-port",
