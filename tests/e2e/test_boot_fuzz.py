@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Address, IPv4Network
@@ -107,3 +109,43 @@ async def test_malformed_dhcp_and_tftp_never_stop_the_boot_service(
     assert report["tftp_traversal"]["answered"] and report["tftp_traversal"]["opcode"] == 5
     # and the HTTP side still answers
     assert boot_in_lab.ready.is_set()
+
+
+async def test_dnsmasq_is_started_again_when_it_dies(
+    boot_in_lab: BootService, lab_network: LabNetwork
+) -> None:
+    dnsmasq = boot_in_lab.dnsmasq
+    assert dnsmasq is not None and dnsmasq.pid is not None
+    killed = dnsmasq.pid
+    os.kill(killed, signal.SIGKILL)
+    for _ in range(200):
+        if dnsmasq.pid not in (None, killed):
+            break
+        await asyncio.sleep(0.05)
+    assert dnsmasq.pid not in (None, killed) and dnsmasq.starts == 2
+    network.add_veth_port(
+        lab_network, "fz1", f"{lab_network.ipv4.network.network_address + 251}/24"
+    )
+    probe = await asyncio.create_subprocess_exec(
+        *network.in_namespace(
+            lab_network,
+            [
+                sys.executable,
+                "-m",
+                "tests.e2e.dhcp_fuzzer",
+                "--iface",
+                "fz1",
+                "--server",
+                lab_network.ipv4_address,
+                "--count",
+                "0",
+            ],
+        ),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(probe.communicate(), 60)
+    assert probe.returncode == 0, err.decode()
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert report["discover"]["answered"] and report["discover"]["file"] == "undionly.kpxe"

@@ -27,7 +27,7 @@ from lightkube.types import PatchType
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.client import sync_client
 from plunder.k8s.resources import as_dict, resource_for
-from plunder.lab import processes
+from plunder.lab import network, processes
 
 pytestmark = pytest.mark.e2e
 
@@ -70,6 +70,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
     folder = tmp_path_factory.mktemp("lab")
     octet = 140 + secrets.randbelow(100)
     ports = [str(processes.free_port()) for _ in range(3)]
+    netns = f"plunder-e2e-{secrets.token_hex(3)}"
     up = plunderctl(
         "lab",
         "up",
@@ -78,7 +79,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
         "--hosts",
         "3",
         "--netns",
-        f"plunder-e2e-{secrets.token_hex(3)}",
+        netns,
         "--address",
         f"172.31.{octet}.1/24",
         "--apiserver-port",
@@ -104,6 +105,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
         assert down.returncode == 0, down.stderr
         assert "hosts" in down.stdout
         assert not folder.exists()
+        assert not network.namespace_exists(netns), "lab down left the namespace"
+        leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True)
+        assert leftovers.stdout == "", f"lab down left processes: {leftovers.stdout}"
 
 
 def discovered(lab: RunningLab) -> dict[str, dict[str, Any]]:

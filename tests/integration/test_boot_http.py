@@ -32,8 +32,8 @@ async def boot(
     plane: Plane, kube: Client, namespace: str, tmp_path: Path
 ) -> AsyncIterator[BootService]:
     files = tmp_path / "files"
-    (files / "agent").mkdir(parents=True)
-    (files / "agent" / "vmlinuz").write_bytes(bytes(range(256)) * 16)
+    (files / "images").mkdir(parents=True)
+    (files / "images" / "blob.bin").write_bytes(bytes(range(256)) * 16)
     (tmp_path / "secret.txt").write_text("not for hosts")
     settings = BootSettings(
         address=IPv4Address("127.0.0.1"),
@@ -172,11 +172,11 @@ async def test_a_slow_client_does_not_hold_up_others(boot: BootService) -> None:
 async def test_files_are_served_with_ranges(boot: BootService) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(
-            url(boot, "/files/agent/vmlinuz"), headers={"Range": "bytes=16-31"}
+            url(boot, "/files/images/blob.bin"), headers={"Range": "bytes=16-31"}
         ) as resp:
             assert resp.status == 206
             assert await resp.read() == bytes(range(16, 32))
-        async with session.get(url(boot, "/files/agent/vmlinuz")) as resp:
+        async with session.get(url(boot, "/files/images/blob.bin")) as resp:
             assert resp.status == 200 and len(await resp.read()) == 4096
 
 

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 from lightkube import Client
+from lightkube.resources.core_v1 import Event
 from lightkube.types import PatchType
 
 from plunder.api.infrastructure import PlunderCluster
+from plunder.api.inventory import PlunderHost
 from plunder.k8s.resources import resource_for
 from plunder.lab import processes
 from plunder.lab.plane import Plane, start_plane
@@ -125,3 +127,41 @@ def test_controller_refuses_to_start_without_the_crds(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "CRDs missing" in result.stderr
     assert "plunderctl crds | kubectl apply --server-side -f -" in result.stderr
+
+
+def test_controller_moves_hosts_when_work_is_set_and_taken_away(
+    controller: subprocess.Popen[str], kube: Client, namespace: str
+) -> None:
+    hosts = resource_for(PlunderHost)
+    kube.create(
+        hosts.from_dict(
+            {
+                "apiVersion": PlunderHost.info.api_version,
+                "kind": "PlunderHost",
+                "metadata": {"name": "h1", "namespace": namespace},
+                "spec": {"bootMACAddress": "00:50:56:a5:11:20"},
+            }
+        )
+    )
+    kube.patch(
+        hosts.Status,
+        "h1",
+        {"status": {"state": "available"}},
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
+    )
+    image = {"url": "http://172.31.99.1:8080/files/os.raw", "checksum": "a" * 64}
+    kube.patch(
+        hosts, "h1", {"spec": {"image": image}}, namespace=namespace, patch_type=PatchType.MERGE
+    )
+
+    def state() -> str | None:
+        return (kube.get(hosts, "h1", namespace=namespace).get("status") or {}).get("state")
+
+    wait_for(lambda: state() == "provisioning")
+    events = {(e.reason, e.message) for e in kube.list(Event, namespace=namespace)}
+    assert ("PlunderProvision", "Plunder has begun provisioning the Operating System") in events
+    kube.patch(
+        hosts, "h1", {"spec": {"image": None}}, namespace=namespace, patch_type=PatchType.MERGE
+    )
+    wait_for(lambda: state() == "deprovisioning")

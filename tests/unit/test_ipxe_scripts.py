@@ -21,8 +21,8 @@ def host(state: str | None = None, **spec: Any) -> PlunderHost:
     )
 
 
-def script_for(h: PlunderHost | None) -> str:
-    decision = decide(h, f"{BASE}/files", f"plunder.mac={MAC}")
+def script_for(h: PlunderHost | None, agent: bool = False) -> str:
+    decision = decide(h, f"{BASE}/files", f"plunder.mac={MAC}", agent_available=agent)
     return render_script(decision, MAC, BASE, poll_seconds=3)
 
 
@@ -69,6 +69,28 @@ def test_chain_script_reports_the_hosts_facts() -> None:
     script = chain_script(BASE)
     for fact in ("${net0/mac}", "${platform}", "${manufacturer:uristring}", "${serial:uristring}"):
         assert fact in script
+
+
+def test_with_the_agent_present_hosts_park_in_the_agent_not_in_ipxe() -> None:
+    assert "kernel " in script_for(None, agent=True)  # a new host is inspected at once
+    assert "kernel " in script_for(host("available"), agent=True)
+    assert "reboot" in script_for(host("available", parkMode="reboot"), agent=True)
+    assert "sanboot" in script_for(host("provisioned"), agent=True)
+
+
+def test_a_host_whose_image_is_written_boots_its_disk_before_phoning_home() -> None:
+    writing = {"name": "writing", "started": "2026-11-25T12:00:00Z"}
+    busy = PlunderHost.model_validate(
+        {
+            "spec": {"bootMACAddress": MAC, "deploymentType": "preseed"},
+            "status": {"state": "provisioning", "phases": [writing]},
+        }
+    )
+    assert "kernel " in script_for(busy, agent=True)
+    done = busy.model_copy(deep=True)
+    assert done.status is not None and done.status.phases is not None
+    done.status.phases[0].finished = done.status.phases[0].started
+    assert "sanboot" in script_for(done, agent=True)
 
 
 def test_a_kernel_decision_needs_a_kernel() -> None:

@@ -196,6 +196,8 @@ class PlunderHostStatus(KubeModel):
     """When the boot service first saw the host."""
     last_seen: datetime | None = None
     """When the boot service last heard from the host."""
+    agent_boot_id: str | None = Field(default=None, alias="agentBootID", max_length=64)
+    """The id of the host's current boot into the agent; the agent's token is derived from it."""
     powered_on: bool | None = None
     """The power state the BMC reported; empty without a BMC."""
     hardware: HardwareDetails | None = None

@@ -12,10 +12,13 @@ import logging
 import signal
 from contextlib import suppress
 from pathlib import Path
+from typing import Literal
 
 from aiohttp import web
+from lightkube.models.core_v1 import ObjectReference
 
-from plunder.boot import netns
+from plunder.api.inventory import PlunderHost
+from plunder.boot import netns, tokens
 from plunder.boot.backend.kube import KubeHostBackend
 from plunder.boot.dhcp.leases import LeaseTable
 from plunder.boot.dhcp.supervisor import DnsmasqSupervisor
@@ -23,6 +26,7 @@ from plunder.boot.http import one_line_errors
 from plunder.boot.http.app import make_app
 from plunder.boot.http.metrics import BootMetrics
 from plunder.boot.settings import BootSettings
+from plunder.k8s import events
 from plunder.k8s.client import async_client
 
 log = logging.getLogger(__name__)
@@ -44,9 +48,20 @@ class BootService:
         )
         self.ready = asyncio.Event()
         self.metrics = BootMetrics()
-        self.app = make_app(settings, self.backend, self.leases, self.ready, self.metrics)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    async def _record_event(
+        self, host: PlunderHost, reason: str, message: str, kind: Literal["Normal", "Warning"]
+    ) -> None:
+        involved = ObjectReference(
+            apiVersion=PlunderHost.info.api_version,
+            kind=PlunderHost.info.kind,
+            name=host.metadata.name,
+            namespace=host.metadata.namespace,
+            uid=host.metadata.uid,
+        )
+        await events.post_event(self.client, involved, reason, message, kind)
 
     async def _mark_ready(self) -> None:
         await self.backend.synced.wait()
@@ -56,8 +71,19 @@ class BootService:
         """Open the HTTP socket and start the cache, the lastSeen writer and dnsmasq."""
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         one_line_errors.install()
+        key = await tokens.load_or_create_key(self.client, self.settings.namespace)
+        app = make_app(
+            self.settings,
+            self.backend,
+            self.leases,
+            self.ready,
+            self.metrics,
+            self.client,
+            tokens.TokenSigner(key),
+            self._record_event,
+        )
         self._runner = web.AppRunner(
-            self.app, access_log=None, max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES
+            app, access_log=None, max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES
         )
         await self._runner.setup()
         sock = netns.listening_socket(

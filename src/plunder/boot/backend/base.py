@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from plunder.api.inventory import PlunderHost
 
@@ -39,3 +39,11 @@ class HostBackend(Protocol):
 
     def seen(self, facts: BootFacts) -> None:
         """Note that a known host asked again (written back at a bounded rate)."""
+
+    async def patch_host_status(
+        self, host: PlunderHost, status: dict[str, Any], guarded: bool = True
+    ) -> None:
+        """Merge ``status`` into the host's status (None values remove fields).
+
+        ``guarded``: only if the host is still at the resourceVersion it was read at.
+        """

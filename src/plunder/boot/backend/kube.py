@@ -201,16 +201,34 @@ class KubeHostBackend:
         self._last_written[facts.mac] = time.monotonic()
         log.info("discovered %s (%s) as %s", facts.mac, vendor_of(facts.mac) or "?", name)
 
-    async def _patch_status(self, name: str, status: dict[str, Any]) -> None:
+    async def _patch_status(
+        self, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> None:
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         patched = await self._client.patch(
             self._resource.Status,
             name,
-            {"status": status},
+            body,
             namespace=self._namespace,
             patch_type=PatchType.MERGE,
         )
         self.writes += 1
         self._store(as_dict(patched))
+
+    async def patch_host_status(
+        self, host: PlunderHost, status: dict[str, Any], guarded: bool = True
+    ) -> None:
+        """Merge ``status`` into the host's status, guarded by the resourceVersion it was read at.
+
+        A concurrent writer makes this fail with 409 (ApiError): the caller's request fails and
+        is retried by the agent or the host, and decided again on fresh state.
+        """
+        if host.metadata.name is None:
+            raise ValueError("a host without a name cannot be patched")
+        version = host.metadata.resource_version if guarded else None
+        await self._patch_status(host.metadata.name, status, version)
 
     # -------------------------------------------------------------------------- lastSeen
 

@@ -13,26 +13,35 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from aiohttp import web
+from lightkube import AsyncClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from plunder.boot import tokens
 from plunder.boot.backend.base import BootFacts, HostBackend
 from plunder.boot.dhcp.leases import LeaseTable
+from plunder.boot.http import agent
+from plunder.boot.http.keys import (
+    BACKEND_KEY,
+    CLIENT_KEY,
+    EVENTS_KEY,
+    LEASES_KEY,
+    METRICS_KEY,
+    READY_KEY,
+    SETTINGS_KEY,
+    SIGNER_KEY,
+    EventSink,
+)
 from plunder.boot.http.metrics import BootMetrics
 from plunder.boot.ipxe import decide, scripts
 from plunder.boot.macs import InvalidMACError, normalise_mac
 from plunder.boot.settings import BootSettings
+from plunder.reconcile import hoststate
 
 log = logging.getLogger(__name__)
 
 IPXE_CONTENT_TYPE = "text/plain"
 DISCOVERY_TIMEOUT = 5.0
 _FACT_MAX = 128
-
-BACKEND_KEY = web.AppKey("backend", HostBackend)
-SETTINGS_KEY = web.AppKey("settings", BootSettings)
-LEASES_KEY = web.AppKey("leases", LeaseTable)
-METRICS_KEY = web.AppKey("metrics", BootMetrics)
-READY_KEY = web.AppKey("ready", asyncio.Event)
 
 
 def _fact(request: web.Request, name: str) -> str | None:
@@ -95,13 +104,28 @@ async def boot_ipxe(request: web.Request) -> web.Response:
     else:
         backend.seen(facts)
     files_base = f"{settings.http_base}/files"
-    cmdline = f"plunder.server={settings.http_base} plunder.mac={mac} console=ttyS0"
-    decision = decide.decide(host, files_base, cmdline)
+    boot_id = tokens.new_boot_id()
+    token = app[SIGNER_KEY].token(mac, boot_id)
+    cmdline = (
+        f"plunder.server={settings.http_base} plunder.mac={mac} plunder.token={token} "
+        "console=ttyS0 quiet"
+    )
+    decision = decide.decide(host, files_base, cmdline, _agent_available(settings))
+    if decision.action == "kernel" and host is not None:
+        # A new boot id invalidates the token of any earlier boot into the agent. Unguarded:
+        # the last boot wins (a host makes one request per boot; extra ones get stale tokens).
+        status = hoststate.booted_agent(host, boot_id, datetime.now(UTC))
+        await backend.patch_host_status(host, status, guarded=False)
     app[METRICS_KEY].scripts.labels(decision.action).inc()
     return web.Response(
         text=scripts.render_script(decision, mac, settings.http_base, settings.poll_seconds),
         content_type=IPXE_CONTENT_TYPE,
     )
+
+
+def _agent_available(settings: BootSettings) -> bool:
+    files = settings.files_dir
+    return files is not None and (files / decide.AGENT_KERNEL).is_file()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -124,20 +148,27 @@ def make_app(
     backend: HostBackend,
     leases: LeaseTable,
     ready: asyncio.Event,
-    boot_metrics: BootMetrics | None = None,
+    boot_metrics: BootMetrics,
+    client: AsyncClient,
+    signer: tokens.TokenSigner,
+    events: EventSink,
 ) -> web.Application:
     """The boot service's web application."""
     app = web.Application(client_max_size=settings.max_body_bytes)
+    app[CLIENT_KEY] = client
+    app[SIGNER_KEY] = signer
+    app[EVENTS_KEY] = events
     app[SETTINGS_KEY] = settings
     app[BACKEND_KEY] = backend
     app[LEASES_KEY] = leases
     app[READY_KEY] = ready
-    app[METRICS_KEY] = boot_metrics or BootMetrics()
+    app[METRICS_KEY] = boot_metrics
     app[METRICS_KEY].hosts.set_function(lambda: float(backend.count()))
     app.router.add_get("/chain.ipxe", chain_ipxe)
     app.router.add_get("/boot.ipxe", boot_ipxe)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    agent.add_routes(app)
     if settings.files_dir is not None:
         # FileResponse underneath: Range requests and sendfile(2); no symlinks out of the folder.
         app.router.add_static("/files/", settings.files_dir, follow_symlinks=False)

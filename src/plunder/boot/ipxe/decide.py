@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from plunder.api.inventory import PlunderHost
 from plunder.boot.ipxe.scripts import BootDecision
+from plunder.reconcile import hoststate
 
 AGENT_KERNEL = "agent/vmlinuz"
 AGENT_INITRD = "agent/initrd.img"
@@ -12,28 +13,38 @@ _AGENT_STATES = frozenset({"inspecting", "provisioning", "deprovisioning"})
 
 def has_work(host: PlunderHost) -> bool:
     """Whether something is to be installed on, or done to, the host."""
-    state = host.status.state if host.status else None
-    return (
-        host.spec.image is not None
-        or host.spec.deployment_type is not None
-        or state in _AGENT_STATES
+    return hoststate.has_image_work(host) or hoststate.state_of(host) in _AGENT_STATES
+
+
+def image_written(host: PlunderHost) -> bool:
+    """Whether the agent finished writing the OS (the host must now boot its disk)."""
+    phases = host.status.phases if host.status and host.status.phases else ()
+    return any(phase.name == "writing" and phase.finished for phase in phases)
+
+
+def decide(
+    host: PlunderHost | None, files_base: str, agent_cmdline: str, agent_available: bool
+) -> BootDecision:
+    """The boot decision for ``host`` (None: a MAC seen for the first time).
+
+    With the agent image present every host that is not provisioned boots into the agent, which
+    inspects it and then waits for work itself; without it, hosts park in iPXE.
+    """
+    agent = BootDecision(
+        "kernel",
+        "booting the agent",
+        kernel=f"{files_base}/{AGENT_KERNEL}",
+        initrd=f"{files_base}/{AGENT_INITRD}",
+        cmdline=agent_cmdline,
     )
-
-
-def decide(host: PlunderHost | None, files_base: str, agent_cmdline: str) -> BootDecision:
-    """The boot decision for ``host`` (None: a MAC seen for the first time)."""
     if host is None:
-        return BootDecision("park", "discovered; waiting for work")
-    state = (host.status.state if host.status else None) or "discovered"
-    if state == "provisioned":
-        return BootDecision("disk", "provisioned; booting from disk")
-    if has_work(host):
+        return agent if agent_available else BootDecision("park", "discovered; waiting for work")
+    state = hoststate.state_of(host)
+    if state == "provisioned" or (state == "provisioning" and image_written(host)):
+        return BootDecision("disk", f"{state}; booting from disk")
+    if has_work(host) or (agent_available and host.spec.park_mode == "poll"):
         return BootDecision(
-            "kernel",
-            f"{state}; booting the agent",
-            kernel=f"{files_base}/{AGENT_KERNEL}",
-            initrd=f"{files_base}/{AGENT_INITRD}",
-            cmdline=agent_cmdline,
+            "kernel", f"{state}; booting the agent", agent.kernel, agent.initrd, agent.cmdline
         )
     if host.spec.park_mode == "reboot":
         return BootDecision("reboot-loop", f"{state}; no work (reboot loop)")

@@ -1,0 +1,244 @@
+"""The host state machine, in one place, as pure functions.
+
+    discovered → inspecting → available → provisioning → provisioned
+                                  ↑            ↓ (error)       ↓
+                                  └──── deprovisioning ←───────┘
+
+Who moves a host: the boot service when the host boots the agent (→ inspecting), when the agent
+reports its hardware (→ available), its progress (a failure → error) and a finished wipe
+(→ available), and when cloud-init of the installed OS phones home (→ provisioned); the
+controller when work is set on an available host (→ provisioning), when the work is taken away
+(→ deprovisioning), and when the spec of a failed host changes (→ provisioning again). Each
+function returns the status fields to write; the callers write them with a merge patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from plunder.api.inventory import HardwareDetails, PlunderHost
+
+Status = dict[str, Any]
+EventSpec = tuple[str, str, Literal["Normal", "Warning"]]
+"""(reason, message, type) of an Event to record."""
+
+PROVISION_REASON = "PlunderProvision"
+"""The seed's event reason for provisioning events."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """Status fields to write, and maybe an Event to record."""
+
+    status: Status | None = None
+    event: EventSpec | None = None
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def state_of(host: PlunderHost) -> str:
+    """The host's state; a host without one was just discovered."""
+    return (host.status.state if host.status else None) or "discovered"
+
+
+def _phases(host: PlunderHost) -> list[dict[str, Any]]:
+    phases = host.status.phases if host.status and host.status.phases else []
+    return [phase.to_api() for phase in phases]
+
+
+def start_phase(host: PlunderHost, name: str, now: datetime) -> list[dict[str, Any]]:
+    """The phase list with ``name`` begun now (a new cycle starts with inspection/provisioning)."""
+    phases = [] if name in ("inspecting", "provisioning") else _phases(host)
+    phases = [phase for phase in phases if phase["name"] != name]
+    return [*phases, {"name": name, "started": _stamp(now)}]
+
+
+def finish_phase(host: PlunderHost, name: str, now: datetime) -> list[dict[str, Any]]:
+    """The phase list with ``name`` finished now (begun now too if it never started)."""
+    phases = _phases(host)
+    for phase in phases:
+        if phase["name"] == name and "finished" not in phase:
+            phase["finished"] = _stamp(now)
+            return phases
+    return [*phases, {"name": name, "started": _stamp(now), "finished": _stamp(now)}]
+
+
+def phase_seconds(host: PlunderHost, name: str, now: datetime) -> float | None:
+    """How long phase ``name`` has taken until ``now``."""
+    for phase in host.status.phases if host.status and host.status.phases else ():
+        if phase.name == name:
+            return (now - phase.started).total_seconds()
+    return None
+
+
+def has_image_work(host: PlunderHost) -> bool:
+    """Whether an OS is to be installed."""
+    return host.spec.image is not None or host.spec.deployment_type is not None
+
+
+# ----------------------------------------------------------------------------- boot service
+
+
+def booted_agent(host: PlunderHost, boot_id: str, now: datetime) -> Status:
+    """The host is sent into the agent with a new boot id; a new host starts inspection."""
+    status: Status = {"agentBootID": boot_id}
+    if state_of(host) == "discovered":
+        status |= {"state": "inspecting", "phases": start_phase(host, "inspecting", now)}
+    return status
+
+
+def inspected(host: PlunderHost, hardware: HardwareDetails, now: datetime) -> Status:
+    """The agent reported the hardware."""
+    status: Status = {"hardware": hardware.to_api()}
+    if state_of(host) in ("discovered", "inspecting"):
+        status |= {"state": "available", "phases": finish_phase(host, "inspecting", now)}
+    return status
+
+
+def agent_work(host: PlunderHost) -> dict[str, str]:
+    """What the agent is told to do (key=value fields)."""
+    state = state_of(host)
+    image = host.spec.image
+    if state == "provisioning" and image is not None:
+        return {
+            "action": "provision",
+            "image_url": image.url,
+            "image_checksum": image.checksum or "",
+            "image_checksum_type": image.checksum_type,
+            "image_format": image.format,
+            "root_device": root_device(host),
+        }
+    if state == "deprovisioning":
+        return {"action": "wipe", "wipe_mode": host.spec.wipe_mode}
+    if state == "provisioned":
+        return {"action": "reboot"}
+    return {"action": "wait"}
+
+
+def root_device(host: PlunderHost) -> str:
+    """The disk to install on: the hints' device, else the first disk that is big enough."""
+    hints = host.spec.root_device_hints
+    if hints and hints.device_name:
+        return hints.device_name
+    disks = host.status.hardware.disks if host.status and host.status.hardware else None
+    minimum = (hints.min_size_gigabytes or 0) * 10**9 if hints else 0
+    for disk in disks or ():
+        if disk.size_bytes >= minimum and (
+            not hints or not hints.serial_number or disk.serial == hints.serial_number
+        ):
+            return disk.name
+    return "/dev/vda"
+
+
+def agent_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> Change:
+    """The agent reported a phase of its work."""
+    phase, reason = fields.get("phase", ""), fields.get("reason", "")
+    message = fields.get("message", "")[:1000]
+    state = state_of(host)
+    if phase == "failed":
+        return Change(
+            {
+                "state": "error",
+                "errorReason": reason or "AgentFailed",
+                "errorMessage": message,
+                "phases": finish_phase(host, state, now),
+            },
+            (reason or "AgentFailed", f"{state} failed: {message}", "Warning"),
+        )
+    if phase == "writing" and state == "provisioning":
+        return Change({"phases": [*_phases(host), {"name": "writing", "started": _stamp(now)}]})
+    if phase == "done" and state == "provisioning":
+        return Change({"phases": finish_phase(host, "writing", now)})
+    if phase == "done" and state == "deprovisioning":
+        return Change(
+            {
+                "state": "available",
+                "errorReason": None,
+                "errorMessage": None,
+                "phases": finish_phase(host, "deprovisioning", now),
+            },
+            ("Deprovisioned", "disk wiped; the host is available again", "Normal"),
+        )
+    return Change()
+
+
+def phoned_home(host: PlunderHost, now: datetime) -> Change:
+    """cloud-init of the installed OS reported in."""
+    if state_of(host) != "provisioning":
+        return Change()
+    took = phase_seconds(host, "provisioning", now)
+    duration = f"{took:.0f}s" if took is not None else "an unknown time"
+    return Change(
+        {"state": "provisioned", "phases": finish_phase(host, "provisioning", now)},
+        (PROVISION_REASON, f"Host has been successfully provisioned OS in {duration}", "Normal"),
+    )
+
+
+def meta_data(host: PlunderHost) -> dict[str, str]:
+    """NoCloud meta-data: a new instance id for each provisioning, so cloud-init runs again."""
+    name = host.spec.consumer_ref.name if host.spec.consumer_ref else host.metadata.name
+    boot = host.status.agent_boot_id if host.status else None
+    return {
+        "instance-id": f"{host.metadata.uid or host.metadata.name}-{boot or 0}",
+        "local-hostname": name or "plunder-host",
+    }
+
+
+def network_config(host: PlunderHost) -> dict[str, Any] | None:
+    """NoCloud network-config (version 2) for a static address; None means DHCP."""
+    network = host.spec.network
+    if network is None:
+        return None
+    ethernet: dict[str, Any] = {
+        "match": {"macaddress": host.spec.boot_mac_address},
+        "addresses": [f"{network.ip_address}/{network.prefix_length}"],
+    }
+    if network.gateway:
+        ethernet["routes"] = [{"to": "default", "via": network.gateway}]
+    if network.nameservers:
+        ethernet["nameservers"] = {"addresses": list(network.nameservers)}
+    return {"version": 2, "ethernets": {"provisioning": ethernet}}
+
+
+# ----------------------------------------------------------------------------- controller
+
+
+def controller_transition(host: PlunderHost, now: datetime) -> Change:
+    """The controller's moves: work set → provisioning; work taken away → deprovisioning."""
+    state = state_of(host)
+    generation = host.metadata.generation or 0
+    observed = (host.status.observed_generation if host.status else None) or 0
+    if state == "available" and has_image_work(host):
+        return Change(
+            {
+                "state": "provisioning",
+                "observedGeneration": generation,
+                "phases": start_phase(host, "provisioning", now),
+            },
+            (PROVISION_REASON, "Plunder has begun provisioning the Operating System", "Normal"),
+        )
+    if state == "error" and has_image_work(host) and generation > observed:
+        return Change(
+            {
+                "state": "provisioning",
+                "observedGeneration": generation,
+                "errorReason": None,
+                "errorMessage": None,
+                "phases": start_phase(host, "provisioning", now),
+            },
+            (PROVISION_REASON, "Plunder is provisioning again after the spec changed", "Normal"),
+        )
+    if state in ("provisioning", "provisioned", "error") and not has_image_work(host):
+        return Change(
+            {
+                "state": "deprovisioning",
+                "observedGeneration": generation,
+                "phases": start_phase(host, "deprovisioning", now),
+            },
+            ("Deprovisioning", f"wiping the disk ({host.spec.wipe_mode})", "Normal"),
+        )
+    return Change()

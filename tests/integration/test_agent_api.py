@@ -1,0 +1,210 @@
+"""The agent's API on the boot service, called as the agent calls it, against the real API server.
+
+The calls come from the test (the agent itself boots in the end-to-end tests); what is checked
+is what the boot service answers and what it records on the PlunderHost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+from collections.abc import AsyncIterator
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from lightkube import Client
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Event, Secret
+from lightkube.types import PatchType
+
+from plunder.api.inventory import PlunderHost
+from plunder.boot.service import BootService
+from plunder.boot.settings import BootSettings, DhcpSettings
+from plunder.k8s.resources import as_dict, resource_for
+from plunder.lab import processes
+from plunder.lab.plane import Plane
+
+pytestmark = pytest.mark.integration
+
+MAC = "00:50:56:a5:11:20"
+NAME = "host-00-50-56-a5-11-20"
+HOSTS = resource_for(PlunderHost)
+USER_DATA = "#cloud-config\nruncmd: [echo bootstrap-secret-7f3a]\n"
+HARDWARE = {
+    "systemVendor": "QEMU",
+    "productName": "Standard PC",
+    "cpu": {"count": 1, "model": "QEMU"},
+    "memoryMiB": 512,
+    "disks": [{"name": "/dev/vda", "sizeBytes": 2147483648}],
+    "nics": [{"name": "eth0", "mac": MAC, "ip": "172.31.99.120"}],
+}
+
+
+@pytest.fixture
+async def boot(
+    plane: Plane, kube: Client, namespace: str, tmp_path: Path
+) -> AsyncIterator[BootService]:
+    files = tmp_path / "files"
+    (files / "agent").mkdir(parents=True)
+    (files / "agent" / "vmlinuz").write_bytes(b"kernel")
+    (files / "agent" / "initrd.img").write_bytes(b"initrd")
+    service = BootService(
+        BootSettings(
+            address=IPv4Address("127.0.0.1"),
+            http_port=processes.free_port(),
+            run_dir=tmp_path / "run",
+            files_dir=files,
+            namespace=namespace,
+            dhcp=DhcpSettings(mode="off"),
+        ),
+        plane.kubeconfig,
+    )
+    await service.start()
+    await asyncio.wait_for(service.ready.wait(), 30)
+    yield service
+    await service.stop()
+
+
+async def call(
+    boot: BootService, method: str, path: str, token: str | None = None, **kwargs: Any
+) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, f"{boot.settings.http_base}{path}", headers=headers, **kwargs
+        ) as response,
+    ):
+        return response.status, await response.text()
+
+
+async def boot_agent(boot: BootService) -> str:
+    """Ask for the boot script as iPXE does; return the token on the agent's command line."""
+    status, script = await call(boot, "GET", f"/boot.ipxe?mac={MAC}&platform=pcbios")
+    assert status == 200 and "booting the agent" in script
+    match = re.search(r"plunder\.token=([0-9a-f]+)", script)
+    assert match is not None
+    return match.group(1)
+
+
+async def host_of(kube: Client, namespace: str) -> dict[str, Any]:
+    return as_dict(kube.get(HOSTS, NAME, namespace=namespace))
+
+
+async def wait_state(kube: Client, namespace: str, state: str) -> dict[str, Any]:
+    for _ in range(100):
+        host = await host_of(kube, namespace)
+        if (host.get("status") or {}).get("state") == state:
+            return host
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"host never reached {state}: {host.get('status')}")
+
+
+async def test_inspection_and_the_token_rules(
+    boot: BootService, kube: Client, namespace: str
+) -> None:
+    token = await boot_agent(boot)
+    host = await host_of(kube, namespace)
+    assert host["status"]["state"] == "inspecting" and host["status"]["agentBootID"]
+    await asyncio.sleep(0.2)  # the watch brings the new boot id into the cache
+    path = f"/agent/v1/{MAC}/inspection"
+    assert (await call(boot, "POST", path, json=HARDWARE))[0] == 403
+    assert (await call(boot, "POST", path, "0" * 64, json=HARDWARE))[0] == 403
+    other = "/agent/v1/00:50:56:a5:b5:f1/inspection"
+    assert (await call(boot, "POST", other, token, json=HARDWARE))[0] == 403
+    assert (await call(boot, "POST", path, token, data=b"{not json"))[0] == 400
+    assert (await call(boot, "POST", path, token, json=HARDWARE))[0] == 204
+    host = await wait_state(kube, namespace, "available")
+    assert host["status"]["hardware"]["disks"][0]["sizeBytes"] == 2147483648
+    assert [p["name"] for p in host["status"]["phases"]] == ["inspecting"]
+    assert await call(boot, "GET", f"/agent/v1/{MAC}/work", token) == (200, "action=wait\n")
+
+    # A new boot into the agent makes the old token worthless.
+    await asyncio.sleep(0.2)
+    fresh = await boot_agent(boot)
+    await asyncio.sleep(0.2)
+    assert (await call(boot, "GET", f"/agent/v1/{MAC}/work", token))[0] == 403
+    assert (await call(boot, "GET", f"/agent/v1/{MAC}/work", fresh))[0] == 200
+
+
+async def test_provisioning_data_failure_and_phone_home(
+    boot: BootService, kube: Client, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = await boot_agent(boot)
+    await asyncio.sleep(0.2)
+    await call(boot, "POST", f"/agent/v1/{MAC}/inspection", token, json=HARDWARE)
+    kube.create(
+        Secret(
+            metadata=ObjectMeta(name="bootstrap", namespace=namespace),
+            data={"value": base64.b64encode(USER_DATA.encode()).decode()},
+        )
+    )
+    image = {"url": "http://127.0.0.1/files/os.raw.gz", "checksum": "c" * 64, "format": "raw-gzip"}
+    kube.patch(
+        HOSTS,
+        NAME,
+        {
+            "spec": {
+                "image": image,
+                "userData": {"name": "bootstrap"},
+                "network": {"ipAddress": "172.31.99.20"},
+            }
+        },
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
+    )
+    # the controller's move, made here by hand (the operator's tests cover it)
+    kube.patch(
+        HOSTS.Status,
+        NAME,
+        {"status": {"state": "provisioning"}},
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
+    )
+    await asyncio.sleep(0.3)
+
+    status, work = await call(boot, "GET", f"/agent/v1/{MAC}/work", token)
+    assert status == 200
+    assert "action=provision\n" in work and "image_format=raw-gzip\n" in work
+    assert f"image_checksum={'c' * 64}\n" in work and "root_device=/dev/vda\n" in work
+
+    seed = f"/agent/v1/{MAC}/cloud-init"
+    assert (await call(boot, "GET", f"{seed}/user-data"))[0] == 403
+    assert await call(boot, "GET", f"{seed}/user-data", token) == (200, USER_DATA)
+    _, meta = await call(boot, "GET", f"{seed}/meta-data", token)
+    assert "instance-id:" in meta and "local-hostname: host-00-50-56-a5-11-20" in meta
+    _, network = await call(boot, "GET", f"{seed}/network-config", token)
+    assert "172.31.99.20/24" in network
+    _, vendor = await call(boot, "GET", f"{seed}/vendor-data", token)
+    assert "phone_home:" in vendor and "/phone-home?token=" in vendor
+    assert "bootstrap-secret-7f3a" not in caplog.text, "user-data reached the log"
+
+    report = "phase=failed\nreason=ChecksumMismatch\nmessage=sha256 of the image is dddd\n"
+    assert (await call(boot, "POST", f"/agent/v1/{MAC}/status", token, data=report))[0] == 204
+    host = await wait_state(kube, namespace, "error")
+    assert host["status"]["errorReason"] == "ChecksumMismatch"
+
+    kube.patch(
+        HOSTS.Status,
+        NAME,
+        {"status": {"state": "provisioning"}},
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
+    )
+    await asyncio.sleep(0.3)
+    phone = vendor.split("url: ")[1].split()[0].replace(boot.settings.http_base, "")
+    assert (await call(boot, "POST", phone.replace("token=", "token=0")))[0] == 403
+    assert (await call(boot, "POST", phone, data={"instance_id": "x"}))[0] == 204
+    await wait_state(kube, namespace, "provisioned")
+    reasons = {(e.reason, e.message) for e in kube.list(Event, namespace=namespace)}
+    assert any(reason == "ChecksumMismatch" for reason, _ in reasons)
+    assert any(
+        reason == "PlunderProvision" and "successfully provisioned OS in" in message
+        for reason, message in reasons
+    )

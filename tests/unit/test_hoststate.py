@@ -1,0 +1,146 @@
+"""The host state machine: each move, and who may make it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from plunder.api.inventory import HardwareDetails, PlunderHost
+from plunder.reconcile import hoststate
+
+MAC = "00:50:56:a5:11:20"
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+IMAGE = {
+    "url": "http://172.31.99.1:8080/files/os.raw.gz",
+    "checksum": "a" * 64,
+    "format": "raw-gzip",
+}
+
+
+def host(state: str | None, generation: int = 1, observed: int = 1, **spec: Any) -> PlunderHost:
+    return PlunderHost.model_validate(
+        {
+            "metadata": {
+                "name": "h",
+                "namespace": "default",
+                "uid": "u-1",
+                "generation": generation,
+            },
+            "spec": {"bootMACAddress": MAC, **spec},
+            "status": {"state": state, "observedGeneration": observed, "agentBootID": "b1"},
+        }
+    )
+
+
+def test_booting_the_agent_starts_inspection_of_a_new_host() -> None:
+    status = hoststate.booted_agent(host("discovered"), "b2", NOW)
+    assert status["state"] == "inspecting" and status["agentBootID"] == "b2"
+    assert status["phases"] == [{"name": "inspecting", "started": "2026-11-25T12:00:00.000Z"}]
+    assert "state" not in hoststate.booted_agent(host("available"), "b3", NOW)
+
+
+def test_inspection_makes_the_host_available_with_its_hardware() -> None:
+    hardware = HardwareDetails.model_validate({"cpu": {"count": 2}, "memoryMiB": 512})
+    status = hoststate.inspected(host("inspecting"), hardware, NOW)
+    assert status["state"] == "available" and status["hardware"]["memoryMiB"] == 512
+
+
+def test_work_on_an_available_host_starts_provisioning_with_the_seeds_event() -> None:
+    change = hoststate.controller_transition(host("available", image=IMAGE), NOW)
+    assert change.status is not None and change.status["state"] == "provisioning"
+    assert change.event == (
+        "PlunderProvision",
+        "Plunder has begun provisioning the Operating System",
+        "Normal",
+    )
+    assert hoststate.controller_transition(host("available"), NOW).status is None
+
+
+def test_the_agent_is_told_to_write_the_image_only_while_provisioning() -> None:
+    work = hoststate.agent_work(host("provisioning", image=IMAGE))
+    assert work == {
+        "action": "provision",
+        "image_url": IMAGE["url"],
+        "image_checksum": "a" * 64,
+        "image_checksum_type": "sha256",
+        "image_format": "raw-gzip",
+        "root_device": "/dev/vda",
+    }
+    assert hoststate.agent_work(host("available", image=IMAGE)) == {"action": "wait"}
+    assert hoststate.agent_work(host("deprovisioning", wipeMode="full")) == {
+        "action": "wipe",
+        "wipe_mode": "full",
+    }
+
+
+def test_a_failure_is_an_error_with_its_reason_and_a_spec_change_retries() -> None:
+    failing = host("provisioning", image=IMAGE)
+    change = hoststate.agent_progress(
+        failing, {"phase": "failed", "reason": "ChecksumMismatch", "message": "got bbbb"}, NOW
+    )
+    assert change.status is not None
+    assert (change.status["state"], change.status["errorReason"]) == ("error", "ChecksumMismatch")
+    assert change.event is not None and change.event[2] == "Warning"
+    stuck = host("error", generation=3, observed=3, image=IMAGE)
+    assert hoststate.controller_transition(stuck, NOW).status is None
+    fixed = host("error", generation=4, observed=3, image=IMAGE)
+    retry = hoststate.controller_transition(fixed, NOW)
+    assert retry.status is not None and retry.status["state"] == "provisioning"
+    assert retry.status["errorReason"] is None
+
+
+def test_phoning_home_finishes_provisioning_and_says_how_long_it_took() -> None:
+    status = hoststate.controller_transition(host("available", image=IMAGE), NOW).status
+    assert status is not None
+    with_phase = host("provisioning", image=IMAGE)
+    assert with_phase.status is not None
+    with_phase = PlunderHost.model_validate(
+        {
+            **with_phase.to_api(),
+            "status": {**with_phase.status.to_api(), "phases": status["phases"]},
+        }
+    )
+    change = hoststate.phoned_home(with_phase, NOW + timedelta(seconds=41))
+    assert change.status is not None and change.status["state"] == "provisioned"
+    assert change.event == (
+        "PlunderProvision",
+        "Host has been successfully provisioned OS in 41s",
+        "Normal",
+    )
+
+
+def test_taking_the_work_away_deprovisions_and_a_wipe_makes_it_available() -> None:
+    change = hoststate.controller_transition(host("provisioned"), NOW)
+    assert change.status is not None and change.status["state"] == "deprovisioning"
+    done = hoststate.agent_progress(host("deprovisioning"), {"phase": "done"}, NOW)
+    assert done.status is not None and done.status["state"] == "available"
+
+
+def test_cloud_init_data_for_the_installation() -> None:
+    static = host(
+        "provisioning",
+        image=IMAGE,
+        network={
+            "ipAddress": "172.31.99.20",
+            "prefixLength": 24,
+            "gateway": "172.31.99.1",
+            "nameservers": ["172.31.99.1"],
+        },
+        consumerRef={"name": "controlplane"},
+    )
+    assert hoststate.meta_data(static) == {
+        "instance-id": "u-1-b1",
+        "local-hostname": "controlplane",
+    }
+    assert hoststate.network_config(static) == {
+        "version": 2,
+        "ethernets": {
+            "provisioning": {
+                "match": {"macaddress": MAC},
+                "addresses": ["172.31.99.20/24"],
+                "routes": [{"to": "default", "via": "172.31.99.1"}],
+                "nameservers": {"addresses": ["172.31.99.1"]},
+            }
+        },
+    }
+    assert hoststate.network_config(host("provisioning", image=IMAGE)) is None
