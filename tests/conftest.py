@@ -6,11 +6,15 @@ session (integration and end-to-end tests share it).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -18,9 +22,10 @@ from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 
+from plunder.boot.service import BootService
 from plunder.k8s import client as k8s_client
 from plunder.k8s import crds
-from plunder.lab import binaries
+from plunder.lab import binaries, processes
 from plunder.lab.plane import Plane, start_plane
 
 # The HTTP client logs each request at INFO; failures are easier to read without them.
@@ -87,4 +92,44 @@ def run_kubectl(
     """Run kubectl and return what it printed (not raising: tests look at the exit code)."""
     return subprocess.run(
         [*kubectl, *args], input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+
+
+@asynccontextmanager
+async def running(service: BootService) -> AsyncIterator[BootService]:
+    """A boot service started, synced with the API, and stopped afterwards."""
+    await service.start()
+    try:
+        await asyncio.wait_for(service.ready.wait(), 30)
+        yield service
+    finally:
+        await service.stop()
+
+
+def plunderctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run plunderctl as a person would, with a wide terminal for its tables."""
+    return subprocess.run(
+        [sys.executable, "-m", "plunder.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def lab_up(folder: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """`plunderctl lab up` in ``folder`` on free ports, so it never meets a person's lab."""
+    ports = [str(processes.free_port()) for _ in range(3)]
+    return plunderctl(
+        "lab",
+        "up",
+        "--dir",
+        str(folder),
+        "--apiserver-port",
+        ports[0],
+        "--etcd-port",
+        ports[1],
+        "--controller-port",
+        ports[2],
+        *options,
     )

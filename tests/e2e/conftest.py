@@ -11,10 +11,12 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 
+from plunder.boot.settings import BootSettings, DhcpMode, DhcpSettings
 from plunder.lab import network, processes
 from plunder.lab.hypervisor import Hypervisor
 from plunder.lab.network import LabNetwork
@@ -72,3 +74,21 @@ def _processes_mentioning(text: str) -> list[str]:
         if text in command:
             found.append(f"{cmdline.parent.name}: {command[:200]}")
     return found
+
+
+def lab_boot_settings(
+    net: LabNetwork, mode: DhcpMode, run_dir: Path, namespace: str
+) -> BootSettings:
+    """The boot service on the test's lab network, as the lab runs it."""
+    return BootSettings(
+        address=IPv4Address(net.ipv4_address),
+        http_port=8080,
+        run_dir=run_dir,
+        namespace=namespace,
+        dhcp=DhcpSettings(
+            mode=mode,
+            interface=net.bridge,
+            network=IPv4Network(net.ipv4.network),
+            netns=net.namespace,
+        ),
+    )

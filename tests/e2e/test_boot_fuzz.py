@@ -14,17 +14,18 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 from lightkube import Client
 
 from plunder.boot.service import BootService
-from plunder.boot.settings import BootSettings, DhcpSettings
 from plunder.lab import network
 from plunder.lab.network import LabNetwork
 from plunder.lab.plane import Plane
+from tests.conftest import running
+from tests.e2e.conftest import lab_boot_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -37,31 +38,16 @@ FUZZ_SECONDS = 60
 async def boot_in_lab(
     plane: Plane, kube: Client, namespace: str, lab_network: LabNetwork, tmp_path: Path
 ) -> AsyncIterator[BootService]:
-    subnet = IPv4Network(lab_network.ipv4.network)
     service = BootService(
-        BootSettings(
-            address=IPv4Address(lab_network.ipv4_address),
-            http_port=8080,
-            run_dir=tmp_path / "boot",
-            namespace=namespace,
-            dhcp=DhcpSettings(
-                mode="full",
-                interface=lab_network.bridge,
-                network=subnet,
-                netns=lab_network.namespace,
-            ),
-        ),
-        plane.kubeconfig,
+        lab_boot_settings(lab_network, "full", tmp_path / "boot", namespace), plane.kubeconfig
     )
-    await service.start()
-    await asyncio.wait_for(service.ready.wait(), 30)
-    assert service.dnsmasq is not None
-    for _ in range(100):  # dnsmasq binds within a moment of starting
-        if service.dnsmasq.pid is not None:
-            break
-        await asyncio.sleep(0.05)
-    yield service
-    await service.stop()
+    async with running(service):
+        assert service.dnsmasq is not None
+        for _ in range(100):  # dnsmasq binds within a moment of starting
+            if service.dnsmasq.pid is not None:
+                break
+            await asyncio.sleep(0.05)
+        yield service
 
 
 async def test_malformed_dhcp_and_tftp_never_stop_the_boot_service(

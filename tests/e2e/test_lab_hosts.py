@@ -8,10 +8,8 @@ three blank hosts (two legacy BIOS, one UEFI) with VMware MACs as in the origina
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +25,8 @@ from lightkube.types import PatchType
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.client import sync_client
 from plunder.k8s.resources import as_dict, resource_for
-from plunder.lab import network, processes
+from plunder.lab import network
+from tests.conftest import lab_up, plunderctl
 
 pytestmark = pytest.mark.e2e
 
@@ -47,16 +46,6 @@ class RunningLab:
         return (self.folder / "vms" / f"{name}.serial.log").read_text(errors="replace")
 
 
-def plunderctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "plunder.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-    )
-
-
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 120) -> Any:
     deadline = time.monotonic() + timeout
     while not (result := predicate()):
@@ -69,26 +58,8 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 120) -> A
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
     folder = tmp_path_factory.mktemp("lab")
     octet = 140 + secrets.randbelow(100)
-    ports = [str(processes.free_port()) for _ in range(3)]
     netns = f"plunder-e2e-{secrets.token_hex(3)}"
-    up = plunderctl(
-        "lab",
-        "up",
-        "--dir",
-        str(folder),
-        "--hosts",
-        "3",
-        "--netns",
-        netns,
-        "--address",
-        f"172.31.{octet}.1/24",
-        "--apiserver-port",
-        ports[0],
-        "--etcd-port",
-        ports[1],
-        "--controller-port",
-        ports[2],
-    )
+    up = lab_up(folder, "--hosts", "3", "--netns", netns, "--address", f"172.31.{octet}.1/24")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "Hosts network-booting: plunder-host-1 (bios, 00:50:56:a5:11:20)" in up.stdout

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,13 @@ from lightkube import Client
 
 from plunder.api.inventory import PlunderHost
 from plunder.boot.service import BootService
-from plunder.boot.settings import BootSettings, DhcpSettings
 from plunder.k8s.resources import as_dict, resource_for
 from plunder.lab import network, processes, vms
 from plunder.lab.hypervisor import Hypervisor
 from plunder.lab.network import LabNetwork
 from plunder.lab.plane import Plane
+from tests.conftest import running
+from tests.e2e.conftest import lab_boot_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -83,24 +84,10 @@ async def proxy_boot(
     site_dhcp: processes.Managed,
 ) -> AsyncIterator[BootService]:
     service = BootService(
-        BootSettings(
-            address=IPv4Address(lab_network.ipv4_address),
-            http_port=8080,
-            run_dir=tmp_path / "boot",
-            namespace=namespace,
-            dhcp=DhcpSettings(
-                mode="proxy",
-                interface=lab_network.bridge,
-                network=IPv4Network(lab_network.ipv4.network),
-                netns=lab_network.namespace,
-            ),
-        ),
-        plane.kubeconfig,
+        lab_boot_settings(lab_network, "proxy", tmp_path / "boot", namespace), plane.kubeconfig
     )
-    await service.start()
-    await asyncio.wait_for(service.ready.wait(), 30)
-    yield service
-    await service.stop()
+    async with running(service):
+        yield service
 
 
 async def test_hosts_boot_through_the_proxy_beside_the_sites_dhcp_server(

@@ -28,6 +28,7 @@ from plunder.boot.settings import BootSettings, DhcpSettings
 from plunder.k8s.resources import as_dict, resource_for
 from plunder.lab import processes
 from plunder.lab.plane import Plane
+from tests.conftest import running
 
 pytestmark = pytest.mark.integration
 
@@ -64,10 +65,8 @@ async def boot(
         ),
         plane.kubeconfig,
     )
-    await service.start()
-    await asyncio.wait_for(service.ready.wait(), 30)
-    yield service
-    await service.stop()
+    async with running(service):
+        yield service
 
 
 async def call(

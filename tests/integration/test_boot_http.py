@@ -20,6 +20,7 @@ from plunder.boot.settings import BootSettings, DhcpSettings
 from plunder.k8s.resources import as_dict, resource_for
 from plunder.lab import processes
 from plunder.lab.plane import Plane
+from tests.conftest import running
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +46,8 @@ async def boot(
         dhcp=DhcpSettings(mode="off"),
     )
     service = BootService(settings, plane.kubeconfig)
-    await service.start()
-    await asyncio.wait_for(service.ready.wait(), 30)
-    yield service
-    await service.stop()
+    async with running(service):
+        yield service
 
 
 def url(boot: BootService, path: str) -> str:

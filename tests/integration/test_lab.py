@@ -4,46 +4,22 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from plunder.lab import processes
+from tests.conftest import lab_up, plunderctl
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "simple"
 
 
-def plunderctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "plunder.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-
-
 def test_lab_up_status_down(tmp_path: Path) -> None:
     lab_dir = tmp_path / "lab"
-    ports = [str(processes.free_port()) for _ in range(3)]
     # The management plane alone (--hosts 0); tests/e2e/test_lab_hosts.py runs the hosts too.
-    up = plunderctl(
-        "lab",
-        "up",
-        "--dir",
-        str(lab_dir),
-        "--hosts",
-        "0",
-        "--apiserver-port",
-        ports[0],
-        "--etcd-port",
-        ports[1],
-        "--controller-port",
-        ports[2],
-    )
+    up = lab_up(lab_dir, "--hosts", "0")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "The lab is up: Kubernetes v1.36.3" in up.stdout

@@ -26,7 +26,7 @@ def test_a_host_is_a_tcg_guest_whose_nic_is_on_the_lab_bridge(firmware: vms.Firm
     assert nic.find("mac").get("address") == "00:50:56:a5:11:20"  # type: ignore[union-attr]
     disk_order = root.find("devices/disk/boot").get("order")  # type: ignore[union-attr]
     nic_order = nic.find("boot").get("order")  # type: ignore[union-attr]
-    assert int(disk_order) < int(nic_order)  # a blank or wiped disk falls through to PXE
+    assert int(nic_order) < int(disk_order)  # every boot asks the boot service first
 
 
 def test_uefi_hosts_use_ovmf_with_their_own_variables() -> None:

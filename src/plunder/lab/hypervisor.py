@@ -24,11 +24,8 @@ only the run dir, so another process (``plunderctl lab down``) can stop what one
 
 from __future__ import annotations
 
-import os
 import shlex
-import signal
 import subprocess
-import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -200,24 +197,8 @@ def _stop_qemu(pid_file: Path) -> None:
     except (OSError, ValueError):
         return  # gone already, or not a pid
     if command.startswith("qemu-system"):  # not a pid reused by something else
-        _terminate(pid, timeout=5.0)
-
-
-def _terminate(pid: int, timeout: float) -> None:
-    """SIGTERM one process, SIGKILL it after ``timeout``.
-
-    Not :func:`processes.stop`: libvirt daemonizes QEMU, so it does not lead a process group.
-    """
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not processes.is_running(pid):
-                return
-            time.sleep(0.05)
+        # libvirt daemonizes QEMU: it does not lead a process group of its own.
+        processes.stop(pid, timeout=5.0, group=False)
 
 
 def _check_socket_path(run_dir: Path) -> None:

@@ -90,11 +90,17 @@ def is_running(pid: int) -> bool:
     return True
 
 
-def stop(pid: int, timeout: float = 15.0) -> None:
-    """SIGTERM the process's session, then SIGKILL whatever is left after ``timeout``."""
+def stop(pid: int, timeout: float = 15.0, group: bool = True) -> None:
+    """SIGTERM the process (its whole session, with ``group``), SIGKILL it after ``timeout``.
+
+    ``group=False`` for a process that does not lead its group (one a daemon forked).
+    """
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(pid, sig)
+            if group:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout

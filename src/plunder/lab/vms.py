@@ -1,11 +1,12 @@
-"""The lab's virtual bare-metal hosts: libvirt domains that boot from disk, else from the network.
+"""The lab's virtual bare-metal hosts: libvirt domains that network-boot first, then their disk.
 
 A host is defined the way a real server is racked: a blank disk, one NIC on the provisioning
-network, BIOS (SeaBIOS) or UEFI (OVMF) firmware, and a serial console. The boot order is disk
-first, then network: a blank or wiped disk falls through to PXE, which is how hosts join (and
-return to) the pool; a provisioned disk boots on its own. Both firmwares load iPXE from the NIC's
-option ROM (Debian's ipxe-qemu); for UEFI, OVMF's own PXE client then fetches ``ipxe.efi``
-should that fail.
+network, BIOS (SeaBIOS) or UEFI (OVMF) firmware, and a serial console. The boot order is network
+first, then disk, as in the original plunder: every boot asks the boot service, which sends a
+provisioned host on to its disk and any other host into the agent. So a host without a BMC can
+still be taken back (reboot it, and it is wiped), and a wiped disk is never booted by accident.
+Both firmwares load iPXE from the NIC's option ROM (Debian's ipxe-qemu); for UEFI, OVMF's own PXE
+client then fetches ``ipxe.efi`` should that fail.
 
 Why these settings (measured under TCG, see the lab findings):
 
@@ -145,12 +146,12 @@ def _devices_element(spec: VMSpec, bridge: str, files: VMFiles) -> ET.Element:
     ET.SubElement(disk, "driver", name="qemu", type="qcow2")
     ET.SubElement(disk, "source", file=str(files.disk))
     ET.SubElement(disk, "target", dev="vda", bus="virtio")
-    ET.SubElement(disk, "boot", order="1")
+    ET.SubElement(disk, "boot", order="2")
     interface = ET.SubElement(devices, "interface", type="bridge")
     ET.SubElement(interface, "source", bridge=bridge)
     ET.SubElement(interface, "mac", address=spec.mac)
     ET.SubElement(interface, "model", type=NIC_MODEL)
-    ET.SubElement(interface, "boot", order="2")
+    ET.SubElement(interface, "boot", order="1")
     serial = ET.SubElement(devices, "serial", type="file")
     ET.SubElement(serial, "source", path=str(files.serial_log), append="on")
     ET.SubElement(serial, "target", port="0")

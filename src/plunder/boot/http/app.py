@@ -110,8 +110,9 @@ async def boot_ipxe(request: web.Request) -> web.Response:
         f"plunder.server={settings.http_base} plunder.mac={mac} plunder.token={token} "
         "console=ttyS0 quiet"
     )
-    decision = decide.decide(host, files_base, cmdline, _agent_available(settings))
-    if decision.action == "kernel" and host is not None:
+    agent_available = _agent_available(settings)
+    decision = decide.decide(host, files_base, cmdline, agent_available)
+    if decision.action == "kernel" and agent_available and host is not None:
         # A new boot id invalidates the token of any earlier boot into the agent. Unguarded:
         # the last boot wins (a host makes one request per boot; extra ones get stale tokens).
         status = hoststate.booted_agent(host, boot_id, datetime.now(UTC))
