@@ -13,6 +13,9 @@ declare -A provides=(
   [ipxe-qemu]=/usr/lib/ipxe/qemu/pxe-e1000.rom [qemu-system-x86]=qemu-system-x86_64
   [qemu-utils]=qemu-img [ovmf]=/usr/share/OVMF/OVMF_CODE_4M.fd
   [libvirt-daemon-system]=libvirtd [libvirt-clients]=virsh [wrk]=wrk
+  [busybox-static]=/bin/busybox [shellcheck]=shellcheck [kmod]=depmod [cpio]=cpio
+  [e2fsprogs]=mkfs.ext4 [debootstrap]=debootstrap [extlinux]=extlinux
+  [syslinux-common]=/usr/lib/syslinux/mbr/mbr.bin
 )
 need_apt=()
 for package in "${!provides[@]}"; do

@@ -7,6 +7,7 @@ three blank hosts (two legacy BIOS, one UEFI) with VMware MACs as in the origina
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 from lightkube import Client
+from lightkube.resources.core_v1 import Event
 from lightkube.types import PatchType
 
 from plunder.api.inventory import PlunderHost
@@ -81,32 +83,49 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
         assert leftovers.stdout == "", f"lab down left processes: {leftovers.stdout}"
 
 
-def discovered(lab: RunningLab) -> dict[str, dict[str, Any]]:
+def hosts_by_mac(lab: RunningLab, state: str | None = None) -> dict[str, dict[str, Any]]:
     hosts = {}
     for obj in lab.kube.list(HOSTS, namespace="default"):
         host = as_dict(obj)
-        if (host.get("status") or {}).get("state") == "discovered":
+        if state is None or (host.get("status") or {}).get("state") == state:
             hosts[host["spec"]["bootMACAddress"]] = host
     return hosts
 
 
-def test_blank_hosts_appear_as_discovered_with_their_vendor_and_firmware(lab: RunningLab) -> None:
-    hosts = wait_for(
-        lambda: (found := discovered(lab)) and len(found) == 3 and found, "three discovered hosts"
+def all_available(lab: RunningLab) -> dict[str, dict[str, Any]]:
+    return wait_for(
+        lambda: (found := hosts_by_mac(lab, "available")) and len(found) == 3 and found,
+        "three inspected, available hosts",
     )
+
+
+def test_blank_hosts_are_discovered_then_inspected_by_the_agent(lab: RunningLab) -> None:
+    hosts = all_available(lab)
     for spec in lab.hosts:
         status = hosts[spec["mac"]]["status"]
         assert status["vendor"] == "VMware, Inc."
         assert status["bootFirmware"] == spec["firmware"]
         assert IPv4Address(status["ipAddress"]) in lab.subnet
-        assert status["hardware"]["systemVendor"] == "QEMU"
-        seconds = datetime.fromisoformat(status["firstSeen"]).timestamp() - spec["powered_on"]
-        print(f"\n{spec['name']} ({spec['firmware']}): powered on -> discovered in {seconds:.1f}s")
-        assert seconds < 60
+        hardware = status["hardware"]
+        # what inspection found is the VM as libvirt defines it
+        assert hardware["systemVendor"] == "QEMU" and hardware["cpu"]["count"] == spec["cpus"]
+        assert spec["memory_mib"] * 0.8 < hardware["memoryMiB"] <= spec["memory_mib"]
+        assert {"name": "/dev/vda", "sizeBytes": spec["disk_gib"] << 30} in [
+            {key: disk[key] for key in ("name", "sizeBytes")} for disk in hardware["disks"]
+        ]
+        assert spec["mac"] in [nic["mac"] for nic in hardware["nics"]]
+        powered_on = spec["powered_on"]
+        seen = datetime.fromisoformat(status["firstSeen"]).timestamp() - powered_on
+        inspected = datetime.fromisoformat(status["phases"][0]["finished"]).timestamp()
+        print(
+            f"\n{spec['name']} ({spec['firmware']}): powered on -> discovered {seen:.1f}s, "
+            f"-> inspected {inspected - powered_on:.1f}s"
+        )
+        assert seen < 60
 
 
 def test_get_unleased_prints_the_seeds_table(lab: RunningLab) -> None:
-    wait_for(lambda: len(discovered(lab)) == 3, "three discovered hosts")
+    all_available(lab)
     listed = plunderctl("get", "unleased", env=lab.env)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.strip().splitlines()
@@ -126,41 +145,79 @@ def test_get_unleased_prints_the_seeds_table(lab: RunningLab) -> None:
     assert "bootFirmware: uefi" in described.stdout
 
 
-def test_work_set_on_a_parked_host_is_picked_up_without_a_reboot(lab: RunningLab) -> None:
-    wait_for(lambda: len(discovered(lab)) == 3, "three discovered hosts")
+def tiny_os_image(folder: Path) -> tuple[bytes, str]:
+    """A 4 MiB disk: an MBR with one ext4 partition holding /etc (enough for the agent's seed)."""
+    root = folder / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text("NAME=plunder-e2e\n")
+    part = folder / "part.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(part), "3M"], check=True)
+    mbr = bytearray(512)
+    start, sectors = 2048, (3 << 20) // 512
+    mbr[446:462] = (
+        bytes([0x80, 0, 0, 0, 0x83, 0, 0, 0])
+        + start.to_bytes(4, "little")
+        + (sectors.to_bytes(4, "little"))
+    )
+    mbr[510:512] = b"\x55\xaa"
+    disk = bytes(mbr) + bytes(start * 512 - 512) + part.read_bytes()
+    return disk, hashlib.sha256(disk).hexdigest()
+
+
+def test_work_is_picked_up_without_a_reboot_and_a_failure_then_a_retry(lab: RunningLab) -> None:
+    all_available(lab)
     name, mac = lab.hosts[0]["name"], lab.hosts[0]["mac"]
-    wait_for(lambda: "waiting for work" in lab.serial(name), "the host to park")
+    host_name = "host-" + mac.replace(":", "-")
+    disk, digest = tiny_os_image(lab.folder)
+    (lab.folder / "files" / "images").mkdir(parents=True, exist_ok=True)
+    (lab.folder / "files" / "images" / "tiny.raw").write_bytes(disk)
+    url = f"http://{lab.subnet.network_address + 1}:8080/files/images/tiny.raw"
+
+    def state() -> str | None:
+        return hosts_by_mac(lab)[mac]["status"].get("state")
+
     banners = lab.serial(name).count(BOOT_BANNER)
-    before = len(lab.serial(name))
     set_at = time.monotonic()
+    wrong = {"url": url, "checksum": "0" * 64}
     lab.kube.patch(
         HOSTS,
-        "host-" + mac.replace(":", "-"),
-        {"spec": {"deploymentType": "preseed"}},
+        host_name,
+        {"spec": {"image": wrong}},
+        namespace="default",
+        patch_type=PatchType.MERGE,
+    )
+    wait_for(lambda: state() == "error", "the checksum mismatch", timeout=60)
+    print(f"\nwork picked up and refused {time.monotonic() - set_at:.1f}s after it was set")
+    host = hosts_by_mac(lab)[mac]
+    assert host["status"]["errorReason"] == "ChecksumMismatch"
+    assert lab.serial(name).count(BOOT_BANNER) == banners, "the host rebooted to take the work"
+    events = lab.kube.list(Event, namespace="default")
+    assert any(
+        e.reason == "ChecksumMismatch" and e.involvedObject.name == host_name for e in events
+    )
+
+    # A retry: the spec is corrected, the controller provisions again, the agent writes it.
+    lab.kube.patch(
+        HOSTS,
+        host_name,
+        {"spec": {"image": {"checksum": digest}}},
         namespace="default",
         patch_type=PatchType.MERGE,
     )
     wait_for(
-        lambda: "booting the agent" in lab.serial(name)[before:],
-        "the work to be picked up",
-        timeout=30,
+        lambda: any(
+            p["name"] == "writing" and p.get("finished")
+            for p in hosts_by_mac(lab)[mac]["status"].get("phases", [])
+        ),
+        "the image to be written",
+        timeout=90,
     )
-    print(f"\nwork picked up {time.monotonic() - set_at:.1f}s after it was set")
-    assert "/files/agent/vmlinuz" in lab.serial(name)[before:]
-    assert lab.serial(name).count(BOOT_BANNER) == banners, "the host rebooted"
-    # Without its agent (a later part of the lab) the host goes on asking, still without reboot.
-    lab.kube.patch(
-        HOSTS,
-        "host-" + mac.replace(":", "-"),
-        {"spec": {"deploymentType": None}},
-        namespace="default",
-        patch_type=PatchType.MERGE,
-    )
-    after = len(lab.serial(name))
+    assert state() == "provisioning"  # until the installed OS phones home
     wait_for(
-        lambda: "waiting for work" in lab.serial(name)[after:], "the host to park again", timeout=30
+        lambda: "provisioning; booting from disk" in lab.serial(name),
+        "the host to be sent to its disk",
+        timeout=60,
     )
-    assert lab.serial(name).count(BOOT_BANNER) == banners
 
 
 def test_lab_status_lists_the_running_hosts(lab: RunningLab) -> None:

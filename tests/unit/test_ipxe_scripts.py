@@ -48,7 +48,10 @@ def test_the_seeds_reboot_loop_is_kept_per_host() -> None:
 )
 def test_work_boots_the_agent(work: dict[str, Any]) -> None:
     script = script_for(host("available", **work))
-    assert f"kernel {BASE}/files/agent/vmlinuz plunder.mac={MAC} || goto failed" in script
+    assert (
+        f"kernel {BASE}/files/agent/vmlinuz initrd=initrd.img plunder.mac={MAC} || goto failed"
+        in script
+    )
     assert f"initrd {BASE}/files/agent/initrd.img || goto failed" in script
     assert "boot || goto failed" in script
 

@@ -208,6 +208,42 @@ def lab_build(build_all: bool) -> None:
         console.print(f"{name}: {path}")
 
 
+@cli.group()
+def agent() -> None:
+    """The in-memory agent every host boots while it is not provisioned."""
+
+
+@agent.command("build")
+@click.option("--force", is_flag=True, help="Build again even if cached.")
+def agent_build(force: bool) -> None:
+    """Build (once, cached by version) the agent's kernel and initramfs from Debian's packages."""
+    from plunder.agent.build import AGENT_VERSION, build_agent
+
+    built = build_agent(force=force)
+    console.print(
+        f"agent {AGENT_VERSION}\n  kernel: {built.kernel}\n  initrd: {built.initrd}", soft_wrap=True
+    )
+
+
+@cli.group()
+def image() -> None:
+    """The Debian + cloud-init disk image the lab installs on hosts."""
+
+
+@image.command("build")
+@click.option("--force", is_flag=True, help="Build again even if cached.")
+def image_build(force: bool) -> None:
+    """Build (once, cached by version) the OS image with debootstrap from Debian's mirror."""
+    from plunder.lab.osimage import build_os_image
+
+    built = build_os_image(force=force)
+    console.print(
+        f"raw:      {built.path}\n  sha256: {built.sha256}\n"
+        f"raw-gzip: {built.gz_path}\n  sha256: {built.sha256_gz}",
+        soft_wrap=True,
+    )
+
+
 def main() -> None:
     """The console script's entry point."""
     from plunder.cli import boot, hosts

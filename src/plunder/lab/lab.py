@@ -20,10 +20,12 @@ from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
 
+from plunder.agent.build import build_agent
 from plunder.boot import netns
 from plunder.k8s import client as k8s_client
 from plunder.k8s import crds
 from plunder.lab import binaries, hypervisor, network, processes, vms
+from plunder.lab.osimage import build_os_image
 from plunder.lab.plane import PlanePorts, start_plane
 
 COMPONENTS = ("boot", "controller", "kube-apiserver", "etcd")  # the order they are stopped in
@@ -149,10 +151,11 @@ def up(lab_dir: Path, options: LabOptions) -> LabInfo:
 
 def _start_hosts(lab_dir: Path, options: LabOptions, kubeconfig: Path) -> tuple[str, list[str]]:
     """The provisioning network, the boot service on it, libvirt, and the blank hosts."""
+    files = lab_dir / "files"
+    publish_agent(files)
+    publish_os_image(files)
     net = network.create_network(options.netns, options.ipv4, options.ipv6)
     address = net.ipv4_address
-    files = lab_dir / "files"
-    files.mkdir(parents=True, exist_ok=True)
     boot = processes.start(
         "boot",
         [
@@ -198,6 +201,40 @@ def _start_hosts(lab_dir: Path, options: LabOptions, kubeconfig: Path) -> tuple[
     # When each host was powered on: what boot-to-discovered times are measured from.
     (lab_dir / HOSTS_FACTS).write_text(json.dumps(started, indent=1))
     return boot_url, names
+
+
+def _publish(source: Path, target: Path) -> None:
+    """Put a cached build where the boot service serves it.
+
+    A hard link (no copy) when the cache is on the same file system, else a copy; not a
+    symlink, which /files/ refuses.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def publish_agent(files: Path) -> None:
+    """Build (once) the agent and serve it as files/agent/{vmlinuz,initrd.img}."""
+    agent = build_agent()
+    _publish(agent.kernel, files / "agent" / "vmlinuz")
+    _publish(agent.initrd, files / "agent" / "initrd.img")
+
+
+OS_IMAGE_NAME = "debian-12.raw"
+
+
+def publish_os_image(files: Path) -> None:
+    """Build (once) the OS image; serve it raw and gzipped, each with its sha256 beside it."""
+    built = build_os_image()
+    images = files / "images"
+    _publish(built.path, images / OS_IMAGE_NAME)
+    _publish(built.gz_path, images / f"{OS_IMAGE_NAME}.gz")
+    (images / f"{OS_IMAGE_NAME}.sha256").write_text(f"{built.sha256}  {OS_IMAGE_NAME}\n")
+    (images / f"{OS_IMAGE_NAME}.gz.sha256").write_text(f"{built.sha256_gz}  {OS_IMAGE_NAME}.gz\n")
 
 
 def _recorded_options(lab_dir: Path) -> LabOptions | None:

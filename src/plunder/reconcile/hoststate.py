@@ -194,7 +194,9 @@ def network_config(host: PlunderHost) -> dict[str, Any] | None:
     if network is None:
         return None
     ethernet: dict[str, Any] = {
+        # cloud-init's networkd renderer names the link by set-name, not by the match
         "match": {"macaddress": host.spec.boot_mac_address},
+        "set-name": "prov0",
         "addresses": [f"{network.ip_address}/{network.prefix_length}"],
     }
     if network.gateway:

@@ -20,6 +20,7 @@ from lightkube.resources.core_v1 import Secret
 from pydantic import ValidationError
 
 from plunder.api.inventory import HardwareDetails, PlunderHost
+from plunder.boot.backend.base import BootFacts
 from plunder.boot.http.keys import (
     BACKEND_KEY,
     CLIENT_KEY,
@@ -83,6 +84,18 @@ async def inspection(request: web.Request) -> web.Response:
 async def work(request: web.Request) -> web.Response:
     """What the agent should do now."""
     host = _authorised_host(request)
+    # The agent polls here as a parked iPXE polls /boot.ipxe: that is the host being seen.
+    request.app[BACKEND_KEY].seen(
+        BootFacts(
+            mac=host.spec.boot_mac_address,
+            ip=request.remote,
+            firmware=None,
+            manufacturer=None,
+            product=None,
+            serial=None,
+            seen=datetime.now(UTC),
+        )
+    )
     return _kv(hoststate.agent_work(host))
 
 

@@ -65,7 +65,11 @@ def render_script(decision: BootDecision, mac: str, http_base: str, poll_seconds
     if decision.kernel is None:
         raise ValueError("a kernel boot needs a kernel URL")
     # A failed command ends an iPXE script: each one falls back to asking again instead.
-    kernel = f"kernel {decision.kernel} {decision.cmdline}".rstrip()
+    cmdline = decision.cmdline
+    if decision.initrd:
+        # UEFI: the kernel's EFI stub loads the initrd only if the command line names it.
+        cmdline = f"initrd={decision.initrd.rsplit('/', 1)[-1]} {cmdline}"
+    kernel = f"kernel {decision.kernel} {cmdline}".rstrip()
     lines = [header.rstrip("\n"), f"{kernel} || goto failed"]
     if decision.initrd:
         lines.append(f"initrd {decision.initrd} || goto failed")

@@ -1,0 +1,633 @@
+#!/bin/sh
+# shellcheck shell=sh
+#
+# plunder agent: /init of the in-memory OS every host boots into while it is not provisioned.
+#
+# POSIX sh for busybox ash, with busybox applets only. It reports the host's hardware to the
+# boot service, then polls for work: stream an OS image to disk and seed cloud-init, wipe the
+# disks, or reboot. The protocol is plain HTTP with key=value bodies so that no JSON has to be
+# parsed here; the only JSON (the inspection report) is written, never read.
+#
+# Kernel command line: plunder.server=http://A.B.C.D:PORT plunder.mac=<mac> plunder.token=<t>
+# Every request carries "Authorization: Bearer <token>". The token and the cloud-init data
+# never reach the console: console lines are built from fixed words, phases and numbers.
+# Boot it with "quiet" (or loglevel=4 or lower): the kernel itself prints its command line,
+# token included, at notice level.
+#
+# As PID 1 this script must never exit (the kernel panics when init dies), so the work loop
+# runs in a subshell that is started again if it ever ends.
+
+PATH=/sbin:/bin:/usr/sbin:/usr/bin
+export PATH
+umask 022
+
+RUN=/run/plunder
+SEED=$RUN/seed
+MNT=/mnt/root
+SERVER=
+MAC=
+TOKEN=
+IFACE=
+
+log() {
+	echo "plunder-agent: $*"
+}
+
+# --- the machine -------------------------------------------------------------------------
+
+mount_pseudo_filesystems() {
+	mkdir -p /proc /sys /dev /run /tmp /mnt
+	mount -t proc proc /proc 2>/dev/null
+	mount -t sysfs sysfs /sys 2>/dev/null
+	mount -t devtmpfs devtmpfs /dev 2>/dev/null
+	mkdir -p /dev/pts "$RUN" "$SEED" "$MNT"
+	chmod 0700 "$RUN"
+	# The kernel asks this helper for modules it wants (crypto algorithms, block drivers).
+	echo /sbin/modprobe >/proc/sys/kernel/modprobe 2>/dev/null
+	# Keep kernel chatter off the console; our lines are the progress a person reads.
+	echo 1 >/proc/sys/kernel/printk 2>/dev/null
+}
+
+load_modules() {
+	[ -r /etc/plunder/modules ] || return 0
+	while read -r module; do
+		[ -n "$module" ] && modprobe "$module" 2>/dev/null
+	done </etc/plunder/modules
+}
+
+read_cmdline() {
+	set -f
+	# shellcheck disable=SC2013 # words, not lines, are wanted
+	for word in $(cat /proc/cmdline); do
+		case $word in
+		plunder.server=*) SERVER=${word#*=} ;;
+		plunder.mac=*) MAC=$(echo "${word#*=}" | tr 'A-F' 'a-f') ;;
+		plunder.token=*) TOKEN=${word#*=} ;;
+		esac
+	done
+	set +f
+	SERVER=${SERVER%/}
+}
+
+# The interface that carries $MAC; without plunder.mac, the first Ethernet interface.
+find_interface() {
+	for dev in /sys/class/net/*; do
+		name=${dev##*/}
+		[ "$name" = lo ] && continue
+		address=$(cat "$dev/address" 2>/dev/null)
+		if [ -z "$MAC" ] || [ "$address" = "$MAC" ]; then
+			IFACE=$name
+			[ -n "$MAC" ] || MAC=$address
+			return 0
+		fi
+	done
+	return 1
+}
+
+write_udhcpc_script() {
+	cat >"$RUN/udhcpc.script" <<'EOF'
+#!/bin/sh
+# udhcpc calls this on each DHCP event; only the address and the default route are wanted.
+# shellcheck disable=SC2154 # udhcpc passes interface, ip, mask and router in the environment
+case $1 in
+deconfig)
+	ip -4 addr flush dev "$interface"
+	ip link set "$interface" up
+	;;
+bound | renew)
+	if ! ip -4 addr show dev "$interface" | grep -q "inet $ip/$mask "; then
+		ip -4 addr flush dev "$interface"
+		ip addr add "$ip/$mask" dev "$interface"
+	fi
+	if [ -n "$router" ]; then
+		ip route replace default via "${router%% *}" dev "$interface"
+	fi
+	echo "$ip" >/run/plunder/address
+	;;
+esac
+exit 0
+EOF
+	chmod 0755 "$RUN/udhcpc.script"
+}
+
+bring_up_network() {
+	ip link set lo up
+	tries=0
+	until find_interface; do
+		tries=$((tries + 1))
+		if [ $tries -ge 30 ]; then
+			log "no network interface with MAC ${MAC:-any}"
+			return 1
+		fi
+		sleep 1
+	done
+	log "interface $IFACE ($MAC)"
+	write_udhcpc_script
+	ip link set "$IFACE" up
+	rm -f "$RUN/address"
+	# A restarted agent takes the lease over from the udhcpc it started before.
+	[ -s "$RUN/udhcpc.pid" ] && kill "$(cat "$RUN/udhcpc.pid")" 2>/dev/null
+	# Without -q udhcpc stays (in the background) and renews the lease while the agent runs.
+	udhcpc -i "$IFACE" -s "$RUN/udhcpc.script" -t 10 -T 2 -b -p "$RUN/udhcpc.pid" >/dev/null 2>&1
+	tries=0
+	until [ -s "$RUN/address" ]; do
+		tries=$((tries + 1))
+		if [ $tries -ge 300 ]; then
+			log "no DHCP lease on $IFACE yet"
+			return 1
+		fi
+		sleep 0.2
+	done
+	log "address $(cat "$RUN/address")"
+}
+
+# --- HTTP --------------------------------------------------------------------------------
+
+# api_get PATH OUT: GET {server}/agent/v1/{mac}/PATH into OUT. 0: ok, 4: 404, 1: other failure.
+api_get() {
+	timeout 60 wget -q -O "$2" --header "Authorization: Bearer $TOKEN" \
+		"$SERVER/agent/v1/$MAC/$1" 2>"$RUN/wget.err"
+	http_result $?
+}
+
+# api_post PATH CONTENT-TYPE BODY-FILE: POST the file's contents. Same results as api_get.
+api_post() {
+	timeout 60 wget -q -O "$RUN/post.out" --header "Authorization: Bearer $TOKEN" \
+		--header "Content-Type: $2" --post-file "$3" "$SERVER/agent/v1/$MAC/$1" 2>"$RUN/wget.err"
+	http_result $?
+}
+
+http_result() {
+	[ "$1" -eq 0 ] && return 0
+	grep -q ' 404 ' "$RUN/wget.err" 2>/dev/null && return 4
+	return 1
+}
+
+# The error line of the last wget, for a status message (it names no URL, header or body).
+http_error() {
+	head -n 1 "$RUN/wget.err" 2>/dev/null | tr -d '\r' | sed 's/^wget: //'
+}
+
+# report PHASE REASON MESSAGE [BYTES]: POST the status as key=value lines.
+report() {
+	message=$(printf '%s' "$3" | tr '\r\n' '  ' | cut -c1-200)
+	printf 'phase=%s\nreason=%s\nmessage=%s\nbytes=%s\n' "$1" "$2" "$message" "${4:-0}" \
+		>"$RUN/status.txt"
+	log "status $1 $2${4:+ bytes=$4}"
+	# An outcome must arrive (the host reboots after "done"); progress may be missed.
+	attempts=1
+	case $1 in done | failed) attempts=5 ;; esac
+	while ! api_post status text/plain "$RUN/status.txt"; do
+		log "status report failed: $(http_error)"
+		attempts=$((attempts - 1))
+		[ $attempts -gt 0 ] || return 1
+		sleep 2
+	done
+}
+
+# --- inspection --------------------------------------------------------------------------
+
+# json_string TEXT: TEXT as a JSON string. Bytes outside printable ASCII become '?', so the
+# result is valid JSON whatever firmware or a disk puts in its strings.
+json_string() {
+	printf '%s' "$1" | tr -c '\11\12\15\40-\176' '?' | awk '
+		BEGIN {
+			RS = "\001"
+			for (i = 1; i < 32; i++) esc[sprintf("%c", i)] = sprintf("\\u%04x", i)
+			esc["\""] = "\\\""; esc["\\"] = "\\\\"; esc["\t"] = "\\t"; esc["\n"] = "\\n"
+			esc["\r"] = "\\r"
+			printf "\""
+		}
+		{
+			n = length($0)
+			for (i = 1; i <= n; i++) {
+				c = substr($0, i, 1)
+				printf "%s", ((c in esc) ? esc[c] : c)
+			}
+		}
+		END { printf "\"" }'
+}
+
+# json_string_or_null TEXT: null for an empty TEXT.
+json_string_or_null() {
+	if [ -n "$1" ]; then json_string "$1"; else printf 'null'; fi
+}
+
+# first_line FILE: the file's first line without surrounding blanks ("" if unreadable).
+first_line() {
+	head -n 1 "$1" 2>/dev/null | tr -d '\000\r' | sed 's/^[[:space:]]*//; s/[[:space:]]*$//'
+}
+
+# The disks worth reporting and wiping: whole block devices, not loops, RAM or CD drives.
+list_disks() {
+	for dev in /sys/block/*; do
+		name=${dev##*/}
+		case $name in
+		loop* | ram* | zram* | sr* | fd* | nbd* | dm-* | md*) continue ;;
+		esac
+		[ "$(cat "$dev/size" 2>/dev/null || echo 0)" -gt 0 ] || continue
+		echo "$name"
+	done
+}
+
+disk_bytes() {
+	echo $(($(cat "/sys/block/$1/size") * 512))
+}
+
+disk_serial() {
+	serial=$(first_line "/sys/block/$1/serial")
+	[ -n "$serial" ] || serial=$(first_line "/sys/block/$1/device/serial")
+	if [ -z "$serial" ] && [ -r "/sys/block/$1/device/vpd_pg80" ]; then
+		serial=$(tail -c +5 "/sys/block/$1/device/vpd_pg80" | tr -d '\000' |
+			sed 's/^[[:space:]]*//; s/[[:space:]]*$//')
+	fi
+	printf '%s' "$serial"
+}
+
+inspection_json() {
+	dmi=/sys/class/dmi/id
+	cpus=$(grep -c '^processor' /proc/cpuinfo)
+	cpu_model=$(grep -m 1 '^model name' /proc/cpuinfo | sed 's/^[^:]*:[[:space:]]*//')
+	mem_kib=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
+	printf '{"systemVendor":%s,' "$(json_string "$(first_line $dmi/sys_vendor)")"
+	printf '"productName":%s,' "$(json_string "$(first_line $dmi/product_name)")"
+	printf '"serialNumber":%s,' "$(json_string "$(first_line $dmi/product_serial)")"
+	printf '"cpu":{"count":%d,"model":%s},' "${cpus:-0}" "$(json_string "$cpu_model")"
+	printf '"memoryMiB":%d,"disks":[' "$((${mem_kib:-0} / 1024))"
+	separator=
+	for disk in $(list_disks); do
+		rotational=false
+		[ "$(first_line "/sys/block/$disk/queue/rotational")" = 1 ] && rotational=true
+		printf '%s{"name":%s,"sizeBytes":%s,"model":%s,"serial":%s,"rotational":%s}' \
+			"$separator" "$(json_string "/dev/$disk")" "$(disk_bytes "$disk")" \
+			"$(json_string_or_null "$(first_line "/sys/block/$disk/device/model")")" \
+			"$(json_string_or_null "$(disk_serial "$disk")")" "$rotational"
+		separator=,
+	done
+	printf '],"nics":['
+	separator=
+	for dev in /sys/class/net/*; do
+		name=${dev##*/}
+		[ "$name" = lo ] && continue
+		address=$(ip -o -4 addr show dev "$name" 2>/dev/null | awk '{ split($4, a, "/"); print a[1]; exit }')
+		printf '%s{"name":%s,"mac":%s,"ip":%s}' "$separator" "$(json_string "$name")" \
+			"$(json_string "$(first_line "$dev/address")")" "$(json_string_or_null "$address")"
+		separator=,
+	done
+	printf ']}\n'
+}
+
+inspect() {
+	inspection_json >"$RUN/inspection.json"
+	tries=0
+	until api_post inspection application/json "$RUN/inspection.json"; do
+		tries=$((tries + 1))
+		log "inspection report failed: $(http_error)"
+		# A server without inspection must not keep the host from taking work.
+		[ $tries -ge 30 ] && return 1
+		sleep 2
+	done
+	log "inspection reported"
+}
+
+# --- work --------------------------------------------------------------------------------
+
+# work_value KEY: the value of KEY= in the last work answer.
+work_value() {
+	sed -n "s/^$1=//p" "$RUN/work.txt" | head -n 1 | tr -d '\r'
+}
+
+# partition_path DISK N: /dev/vda 1 -> /dev/vda1, /dev/nvme0n1 1 -> /dev/nvme0n1p1.
+partition_path() {
+	case $1 in
+	*[0-9]) echo "$1p$2" ;;
+	*) echo "$1$2" ;;
+	esac
+}
+
+# zero_ends DEVICE: zero the first and last MiB, where partition tables and RAID/LVM/
+# filesystem signatures live, so nothing on the disk is recognised or booted any more.
+zero_ends() {
+	name=${1##*/}
+	size=$(disk_bytes "$name")
+	mib=1048576
+	dd if=/dev/zero of="$1" bs=$mib count=1 oflag=direct conv=notrunc 2>/dev/null || return 1
+	if [ "$size" -gt $((2 * mib)) ]; then
+		dd if=/dev/zero of="$1" bs=$mib count=1 seek=$((size - mib)) oflag=seek_bytes,direct \
+			conv=notrunc 2>/dev/null || return 1
+	fi
+	sync
+	blockdev --rereadpt "$1" 2>/dev/null
+	return 0
+}
+
+# provision_failed REASON MESSAGE [BYTES]: after writing began, make the disk unbootable, then
+# say so (a half-written or unverified image must never boot).
+provision_failed() {
+	zero_ends "$ROOT" || log "could not zero $ROOT"
+	report failed "$1" "$2" "${3:-0}"
+	rm -f "$SEED"/*
+}
+
+fetch_cloud_init() {
+	rm -f "$SEED"/*
+	for item in meta-data user-data vendor-data network-config; do
+		api_get "cloud-init/$item" "$SEED/$item.partial"
+		result=$?
+		# network-config and vendor-data are optional: a 404 means none
+		if [ $result -eq 4 ] && { [ "$item" = network-config ] || [ "$item" = vendor-data ]; }; then
+			rm -f "$SEED/$item.partial"
+			continue
+		fi
+		if [ $result -ne 0 ]; then
+			rm -f "$SEED/$item.partial"
+			echo "cloud-init $item: $(http_error)"
+			return 1
+		fi
+		mv "$SEED/$item.partial" "$SEED/$item"
+	done
+	chmod 0600 "$SEED"/*
+}
+
+# image_wget SECONDS URL ARGS...: wget URL, for at most SECONDS (0: no limit). The token goes
+# only to the boot service itself, never to another server an image_url may name.
+image_wget() {
+	limit=$1
+	url=$2
+	shift 2
+	set -- "$@" "$url"
+	case $url in
+	"$SERVER"/*) set -- --header "Authorization: Bearer $TOKEN" "$@" ;;
+	esac
+	if [ "$limit" -gt 0 ]; then
+		timeout "$limit" wget "$@"
+	else
+		wget "$@"
+	fi
+}
+
+# image_length URL: the Content-Length the server announces (empty if none). 4: 404.
+image_length() {
+	image_wget 60 "$1" -q -S --spider >"$RUN/spider.out" 2>&1
+	result=$?
+	cp "$RUN/spider.out" "$RUN/wget.err"
+	http_result $result || return $?
+	awk 'tolower($1) == "content-length:" { print $2 + 0 }' "$RUN/spider.out" | tail -n 1
+}
+
+# The image's bytes as downloaded, through the checksum, decompressed onto the disk. The
+# checksum covers the file at image_url (as sha256sum prints it for the published file).
+# busybox dd does not say how many bytes it copied, so a second reader counts them.
+stream_image() {
+	fifo=$RUN/image.fifo
+	counted=$RUN/count.fifo
+	rm -f "$fifo" "$counted" "$RUN"/*.rc "$RUN/sum.out" "$RUN/written"
+	mkfifo "$fifo" "$counted"
+	"${SUM_TYPE}sum" <"$fifo" >"$RUN/sum.out" &
+	sum_pid=$!
+	wc -c <"$counted" >"$RUN/written" &
+	count_pid=$!
+	case $FORMAT in
+	raw-gzip) decompress="gunzip -c" ;;
+	raw-xz) decompress="unxz -c" ;;
+	*) decompress="cat" ;;
+	esac
+	{
+		image_wget 0 "$URL" -q -O - 2>"$RUN/wget.err"
+		echo $? >"$RUN/download.rc"
+	} | tee "$fifo" | {
+		$decompress 2>/dev/null
+		echo $? >"$RUN/decompress.rc"
+	} | tee "$counted" |
+		dd of="$ROOT" bs=4M iflag=fullblock oflag=direct conv=notrunc 2>"$RUN/dd.err"
+	echo $? >"$RUN/dd.rc"
+	wait "$sum_pid" "$count_pid"
+	rm -f "$fifo" "$counted"
+}
+
+provision() {
+	URL=$(work_value image_url)
+	SUM=$(work_value image_checksum | tr 'A-F' 'a-f')
+	SUM_TYPE=$(work_value image_checksum_type)
+	FORMAT=$(work_value image_format)
+	ROOT=$(work_value root_device)
+	: "${FORMAT:=raw}"
+	log "provision: $FORMAT image to $ROOT"
+	if [ -z "$URL" ] || [ -z "$SUM" ]; then
+		report failed InvalidWork "image_url and image_checksum are required"
+		return 1
+	fi
+	case $SUM_TYPE in
+	sha256 | sha512) ;;
+	*)
+		report failed InvalidWork "image_checksum_type must be sha256 or sha512"
+		return 1
+		;;
+	esac
+	case $FORMAT in
+	raw | raw-gzip | raw-xz) ;;
+	*)
+		report failed InvalidWork "image_format must be raw, raw-gzip or raw-xz"
+		return 1
+		;;
+	esac
+	if [ ! -b "$ROOT" ]; then
+		report failed RootDeviceNotFound "no block device $ROOT"
+		return 1
+	fi
+	if ! problem=$(fetch_cloud_init); then
+		report failed CloudInitUnavailable "$problem"
+		return 1
+	fi
+	capacity=$(disk_bytes "${ROOT##*/}")
+	length=$(image_length "$URL")
+	case $? in
+	0) ;;
+	*)
+		report failed ImageDownloadFailed "$(http_error)"
+		return 1
+		;;
+	esac
+	if [ "$FORMAT" = raw ] && [ -n "$length" ] && [ "$length" -gt "$capacity" ]; then
+		report failed DiskTooSmall "image is $length bytes, $ROOT holds $capacity"
+		return 1
+	fi
+
+	report writing Writing "streaming $FORMAT image to $ROOT" 0
+	started=$(cut -d. -f1 /proc/uptime)
+	stream_image
+	written=$(tr -cd '0-9' <"$RUN/written")
+	written=${written:-0}
+	seconds=$(($(cut -d. -f1 /proc/uptime) - started))
+	# A full disk breaks the pipe (and so the download): look at the writer first.
+	if [ "$(cat "$RUN/dd.rc")" != 0 ]; then
+		if grep -q 'No space left' "$RUN/dd.err" || [ "$written" -ge "$capacity" ]; then
+			provision_failed DiskTooSmall "the image does not fit on $ROOT ($capacity bytes)" \
+				"$written"
+		else
+			provision_failed DiskWriteFailed "writing $ROOT failed" "$written"
+		fi
+		return 1
+	fi
+	if [ "$(cat "$RUN/download.rc")" != 0 ]; then
+		provision_failed ImageDownloadFailed "$(http_error)" "$written"
+		return 1
+	fi
+	if [ "$(cat "$RUN/decompress.rc")" != 0 ]; then
+		provision_failed ImageDecompressionFailed "the image is not valid $FORMAT" "$written"
+		return 1
+	fi
+	log "wrote $written bytes in ${seconds}s"
+
+	report verifying Verifying "$SUM_TYPE of the downloaded image" "$written"
+	actual=$(cut -d ' ' -f 1 "$RUN/sum.out")
+	if [ "$actual" != "$SUM" ]; then
+		provision_failed ChecksumMismatch "the image's $SUM_TYPE is $actual" "$written"
+		return 1
+	fi
+
+	report seeding Seeding "writing the cloud-init NoCloud seed" "$written"
+	if ! seed_cloud_init; then
+		provision_failed SeedFailed "no ext4 root filesystem with /etc on $ROOT" "$written"
+		return 1
+	fi
+	rm -f "$SEED"/*
+	sync
+	report "done" Provisioned "image written and seeded in ${seconds}s" "$written"
+	log "rebooting into the installed OS"
+	sync
+	reboot -f
+}
+
+# Mount the image's root filesystem (the first ext4 partition holding /etc) and write the
+# NoCloud seed where cloud-init looks first.
+seed_cloud_init() {
+	sync
+	blockdev --rereadpt "$ROOT" 2>/dev/null
+	partprobe "$ROOT" 2>/dev/null
+	first=$(partition_path "$ROOT" 1)
+	tries=0
+	until [ -b "$first" ] || [ $tries -ge 20 ]; do
+		tries=$((tries + 1))
+		sleep 0.5
+	done
+	name=${ROOT##*/}
+	for part in /sys/block/"$name"/"$name"*; do
+		[ -e "$part/partition" ] || continue
+		device=/dev/${part##*/}
+		mount -t ext4 "$device" "$MNT" 2>/dev/null || continue
+		if [ -d "$MNT/etc" ]; then
+			write_seed "$MNT/var/lib/cloud/seed/nocloud"
+			result=$?
+			umount "$MNT"
+			[ $result -eq 0 ] && log "seeded $device" && return 0
+			return 1
+		fi
+		umount "$MNT"
+	done
+	return 1
+}
+
+write_seed() {
+	mkdir -p "$1" || return 1
+	rm -f "$1/meta-data" "$1/user-data" "$1/vendor-data" "$1/network-config"
+	(
+		umask 077
+		for item in meta-data user-data vendor-data network-config; do
+			[ -f "$SEED/$item" ] || continue
+			cp "$SEED/$item" "$1/$item" || exit 1
+			# user-data holds the bootstrap secret; vendor-data the phone-home token
+			case $item in user-data | vendor-data) ;; *) chmod 0644 "$1/$item" ;; esac
+		done
+	) || return 1
+	chmod 0600 "$1/user-data" "$1/vendor-data" 2>/dev/null
+	sync
+}
+
+wipe() {
+	mode=$(work_value wipe_mode)
+	: "${mode:=metadata}"
+	case $mode in
+	metadata | full) ;;
+	*)
+		report failed InvalidWork "wipe_mode must be metadata or full"
+		return 1
+		;;
+	esac
+	log "wipe: $mode"
+	wiped=
+	for disk in $(list_disks); do
+		if [ "$mode" = full ]; then
+			size=$(disk_bytes "$disk")
+			if ! dd if=/dev/zero of="/dev/$disk" bs=4M count="$size" iflag=count_bytes,fullblock \
+				oflag=direct conv=notrunc 2>/dev/null; then
+				report failed WipeFailed "zeroing /dev/$disk failed"
+				return 1
+			fi
+		fi
+		if ! zero_ends "/dev/$disk"; then
+			report failed WipeFailed "zeroing /dev/$disk failed"
+			return 1
+		fi
+		wiped="$wiped /dev/$disk"
+	done
+	sync
+	report "done" Wiped "$mode wipe of${wiped:- no disks}"
+}
+
+work_loop() {
+	failures=0
+	while :; do
+		if ! api_get work "$RUN/work.txt"; then
+			failures=$((failures + 1))
+			# One line now and then, not one every poll, while the server is away.
+			[ $((failures % 15)) -eq 1 ] && log "asking for work failed: $(http_error)"
+			sleep 2
+			continue
+		fi
+		failures=0
+		action=$(work_value action)
+		case $action in
+		wait) sleep 2 ;;
+		provision) provision || sleep 2 ;;
+		wipe) wipe || sleep 2 ;;
+		reboot)
+			log "rebooting"
+			sync
+			reboot -f
+			;;
+		*)
+			log "unknown action '$(printf '%s' "$action" | tr -cd 'a-z_-' | cut -c1-20)'"
+			sleep 2
+			;;
+		esac
+	done
+}
+
+main() {
+	mount_pseudo_filesystems
+	log "starting ($(cat /etc/plunder/version 2>/dev/null))"
+	read_cmdline
+	load_modules
+	until bring_up_network; do sleep 5; done
+	until [ -n "$SERVER" ]; do
+		log "no plunder.server= on the kernel command line"
+		sleep 30
+	done
+	[ -n "$TOKEN" ] || log "no plunder.token= on the kernel command line"
+	inspect
+	work_loop
+}
+
+# Sourced by the unit tests with PLUNDER_AGENT_FUNCTIONS_ONLY=1: define the functions, run nothing.
+[ "${PLUNDER_AGENT_FUNCTIONS_ONLY:-}" = 1 ] && return 0
+
+if [ "$$" -eq 1 ]; then
+	mount_pseudo_filesystems
+	while :; do
+		(main)
+		log "agent ended; starting it again"
+		sleep 5
+	done
+fi
+main

@@ -1,0 +1,853 @@
+"""The OS image the agent writes to a host's disk: Debian 12 with cloud-init, built once and cached.
+
+A provisioned host boots this image from its own disk, and cloud-init turns it into what its
+bootstrap data asks for. Cluster API hands that data over as cloud-config; the agent writes it
+as a NoCloud seed into the image's root filesystem (``/var/lib/cloud/seed/nocloud/``) right
+after streaming the image, so the image needs no metadata service, no second drive and no
+network to find it.
+
+Why it is built this way (measured under TCG; see the lab findings):
+
+- **debootstrap, not a cloud image download**: the only thing fetched is Debian packages, from
+  the mirror apt already uses, so the build is reproducible from the project alone.
+- **The generic kernel, pruned**: ``linux-image-cloud-amd64`` has neither ``e1000`` nor
+  ``e1000e``, the NIC lab hosts carry (its iPXE ROM boots BIOS and UEFI alike), so the cloud
+  kernel would leave a lab host without network. The generic kernel's modules for hardware a
+  server never has (GPUs, Wi-Fi, sound, media, InfiniBand, staging) are deleted instead.
+- **A filesystem made from a directory** (``mkfs.ext4 -d``), written straight into the partition
+  of a sparse 1 GiB disk: no loop device for the copy. extlinux is the one step that needs the
+  filesystem mounted (it records the sectors of ``ldlinux.sys``), so the filesystem is made
+  without ``64bit`` and ``metadata_csum``, which extlinux 6.04 cannot read.
+- **Two cloud-init processes instead of four**: each stage is a Python start-up that costs 3–9 s
+  under emulation. ``cloud-config`` is masked and ``runcmd`` runs in the final stage;
+  ``cloud-init-local`` runs only when the seed has a ``network-config``, so NoCloud is found by
+  the network stage (it reads the same seed folder).
+- **systemd-networkd** brings up DHCP on every ``en*``/``eth*`` NIC before cloud-init runs, so
+  the NIC's name does not matter. A seed's ``network-config`` is applied by the local stage
+  before networkd starts (its ``10-cloud-init-*`` files sort before the fallback, so win; it
+  can rename NICs only while they are down); cloud-init's own activation, which restarts
+  networkd, is off. systemd-resolved (and so dbus) is there because networkd alone never
+  writes ``/etc/resolv.conf``.
+- **No ds-identify**: cloud-init's generator is masked and ``cloud-init.target`` enabled
+  outright; the image has NoCloud (or ``None``) by design.
+- **Nothing waits that need not**: timers, gettys, debug mounts and logind are masked, the
+  journal is volatile, the initramfs holds only the virtio disk drivers.
+
+Nothing in the image is unique to a host: ``/etc/machine-id`` is left empty so every host makes
+its own at first boot (DHCP client identities derive from it), and there are no SSH host keys.
+Root's password is locked and Debian's default user is not made (it cost seconds under TCG):
+the bootstrap data makes the users it wants.
+
+:func:`build_os_image` builds into the project cache, keyed by :data:`IMAGE_VERSION`;
+:func:`write_nocloud_seed` writes a seed into an image file with ``debugfs``, without mounting.
+The file contents are pure functions, unit-tested without building anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from plunder.lab import binaries
+
+log = logging.getLogger(__name__)
+
+IMAGE_VERSION = "2"
+"""Bump whenever the recipe below changes: the version is part of the cached file's name."""
+
+SUITE = "bookworm"
+
+PACKAGES = (
+    "linux-image-amd64",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "systemd-resolved",
+    "cloud-init",
+    "cloud-guest-utils",
+    "python3-cffi-backend",  # else debootstrap cannot resolve python3-cryptography's dependency
+    "ca-certificates",
+    "initramfs-tools",
+    "kmod",
+    "iproute2",
+    "netbase",
+    "e2fsprogs",
+    "util-linux",
+    "procps",
+)
+"""What debootstrap installs on top of ``minbase`` (cloud-init brings isc-dhcp-client itself)."""
+
+DISK_BYTES = 1 << 30
+SECTOR_BYTES = 512
+PARTITION_START_SECTOR = 2048
+"""The root partition starts at 1 MiB, as partitioning tools align it."""
+
+BLOCK_BYTES = 4096
+ROOT_DEVICE = "/dev/vda1"
+ROOT_LABEL = "plunder-root"
+KERNEL_CMDLINE = f"root={ROOT_DEVICE} ro console=ttyS0,115200"
+EXT4_FEATURES = "^64bit,^metadata_csum"
+"""extlinux 6.04 cannot boot from an ext4 with either feature."""
+
+MBR_CODE = Path("/usr/lib/syslinux/mbr/mbr.bin")
+SEED_DIR = PurePosixPath("/var/lib/cloud/seed/nocloud")
+"""The NoCloud datasource's default seed folder: the agent writes the seed here."""
+
+INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "ext4")
+
+WAIT_ONLINE_TIMEOUT_S = 60
+"""How long boot waits for any NIC to be configured before cloud-init runs regardless."""
+
+MASKED_UNITS = (
+    # the final stage runs runcmd (cloud-init-local only runs for a network-config)
+    "cloud-config.service",
+    "cloud-init-hotplugd.socket",
+    # timers nobody waits for on a freshly provisioned node
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    # no logins: root is locked and there is no user until the bootstrap data makes one
+    "getty.target",
+    "getty@tty1.service",
+    "serial-getty@ttyS0.service",
+    "systemd-logind.service",
+    # mounts for debugging and features a node does not use
+    "dev-hugepages.mount",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-fs-fuse-connections.mount",
+    "sys-kernel-config.mount",
+    # the image ships an up-to-date hwdb and linker cache; rebuilding them costs seconds
+    "systemd-hwdb-update.service",
+    "ldconfig.service",
+)
+
+PRUNED_MODULE_DIRS = (
+    "drivers/gpu",
+    "drivers/media",
+    "drivers/net/wireless",
+    "drivers/net/can",
+    "drivers/net/wan",
+    "drivers/net/hamradio",
+    "drivers/net/ieee802154",
+    "drivers/infiniband",
+    "drivers/staging",
+    "drivers/bluetooth",
+    "drivers/iio",
+    "drivers/isdn",
+    "drivers/nfc",
+    "drivers/atm",
+    "drivers/mtd",
+    "drivers/w1",
+    "drivers/input/touchscreen",
+    "drivers/input/joystick",
+    "drivers/input/tablet",
+    "sound",
+    "net/wireless",
+    "net/mac80211",
+    "net/bluetooth",
+    "net/nfc",
+    "net/can",
+    "net/atm",
+    "net/mac802154",
+    "net/ieee802154",
+)
+"""Kernel module folders for hardware a server does not have (relative to ``kernel/``)."""
+
+TRIMMED_PATHS = (
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "var/cache/apt/archives",
+    "var/cache/apt/pkgcache.bin",
+    "var/cache/apt/srcpkgcache.bin",
+    "var/lib/apt/lists",
+    "var/log/bootstrap.log",
+    "var/lib/systemd/random-seed",
+    "debootstrap",
+)
+"""Deleted from the tree before it becomes a filesystem (docs, caches, per-build state)."""
+
+BUILD_PROGRAMS = {
+    "debootstrap": "debootstrap",
+    "chroot": "coreutils",
+    "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "extlinux": "extlinux",
+    "mount": "mount",
+    "umount": "mount",
+}
+"""Programs the build runs, with the Debian package that has each."""
+
+_CHUNK_BYTES = 4 << 20
+_GZIP_LEVEL = 6
+
+
+class ImageBuildError(RuntimeError):
+    """The OS image could not be built, or a seed could not be written into it."""
+
+
+@dataclass(frozen=True)
+class OSImage:
+    """A built image in the cache, as the agent streams it (raw, or gzip-compressed raw).
+
+    Attributes:
+        path: The raw disk image (sparse).
+        gz_path: The same image, gzip-compressed.
+        sha256: The raw image's SHA-256, hex.
+        size_bytes: The raw image's size (what it occupies on the host's disk).
+        sha256_gz: The compressed file's SHA-256, hex.
+    """
+
+    path: Path
+    gz_path: Path
+    sha256: str
+    size_bytes: int
+    sha256_gz: str
+
+
+# --- where the image lives ---------------------------------------------------------------------
+
+
+def image_path(version: str = IMAGE_VERSION) -> Path:
+    """The cached raw image of ``version`` (it may not exist yet)."""
+    return binaries.cache_dir() / "images" / f"debian-12-cloudinit-{version}.raw"
+
+
+def compressed_path(image: Path) -> Path:
+    """The gzip-compressed copy beside a raw image."""
+    return image.with_name(f"{image.name}.gz")
+
+
+def checksum_path(artifact: Path) -> Path:
+    """The ``sha256sum``-style sidecar of an artifact."""
+    return artifact.with_name(f"{artifact.name}.sha256")
+
+
+def render_checksum(digest: str, artifact: Path) -> str:
+    """A sidecar's text: the hex digest and the file's name, as ``sha256sum`` writes it."""
+    return f"{digest}  {artifact.name}\n"
+
+
+def parse_checksum(text: str) -> str:
+    """The hex digest of a sidecar's text.
+
+    Raises:
+        ImageBuildError: The text does not start with a SHA-256 hex digest.
+    """
+    digest = text.split(maxsplit=1)[0] if text.strip() else ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ImageBuildError(f"not a sha256 sidecar: {text[:80]!r}")
+    return digest
+
+
+# --- the files the image is configured with (pure) ---------------------------------------------
+
+
+def cloud_init_config() -> str:
+    """``/etc/cloud/cloud.cfg.d/90-plunder.cfg``: NoCloud only, two stages, networkd."""
+    init_modules = (
+        "bootcmd",
+        "write-files",
+        "growpart",
+        "resizefs",
+        "disk_setup",
+        "mounts",
+        "set_hostname",
+        "update_hostname",
+        "update_etc_hosts",
+        "ca-certs",
+        "users-groups",
+    )
+    final_modules = (
+        "write-files-deferred",
+        "runcmd",  # the config stage is masked, so runcmd writes its script here, just in time
+        "scripts-per-once",
+        "scripts-per-boot",
+        "scripts-per-instance",
+        "scripts-user",
+        "phone-home",  # the boot service's vendor-data asks it to report in: "provisioned"
+        "final-message",
+        "power-state-change",
+    )
+    lines = [
+        "# Written by plunder's image build (plunder/lab/osimage.py). The seed is read from",
+        f"# {SEED_DIR}/ (meta-data, user-data, network-config).",
+        "datasource_list: [NoCloud, None]",
+        "disable_root: true",
+        "ssh_pwauth: false",
+        "preserve_hostname: false",
+        "# networkd already runs the fallback DHCP, and a seed's network-config is applied by",
+        "# the local stage before networkd starts: restarting networkd here would cost seconds",
+        "disable_network_activation: true",
+        "users: [root]  # no default user; root stays locked (an empty list fails the schema)",
+        "system_info:",
+        "  network:",
+        "    renderers: [networkd]",
+        "    activators: [networkd]",
+        "cloud_init_modules:",
+        *(f"  - {module}" for module in init_modules),
+        "cloud_config_modules: []  # cloud-config.service is masked",
+        "cloud_final_modules:",
+        *(f"  - {module}" for module in final_modules),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def fallback_network_config() -> str:
+    """``/etc/systemd/network/90-plunder-dhcp.network``: DHCP on every wired NIC, any name."""
+    return (
+        "# Any wired NIC gets DHCP unless cloud-init renders a seed's network-config\n"
+        "# (its 10-cloud-init-*.network files sort first and so win).\n"
+        "[Match]\n"
+        "Name=en* eth*\n"
+        "\n"
+        "[Network]\n"
+        "DHCP=yes\n"
+        "\n"
+        "[DHCPv4]\n"
+        "ClientIdentifier=mac\n"
+    )
+
+
+def wait_online_dropin() -> str:
+    """A drop-in for systemd-networkd-wait-online: any one NIC online is enough, and not forever.
+
+    cloud-init's network stage runs after it, so on a host with several NICs, or none that gets
+    an address, the default (all NICs, 120 s) would hold the whole boot back.
+    """
+    return (
+        "[Service]\n"
+        "ExecStart=\n"
+        "ExecStart=/lib/systemd/systemd-networkd-wait-online --any "
+        f"--timeout={WAIT_ONLINE_TIMEOUT_S}\n"
+    )
+
+
+def local_stage_dropin() -> str:
+    """A drop-in for ``cloud-init-local.service``: run only when the seed has a network-config.
+
+    The local stage is the one that can apply a seed's network configuration before networkd
+    brings the NIC up (cloud-init cannot rename a NIC that is up, and the network stage runs
+    after the fallback DHCP). Without a ``network-config`` it has nothing to do that the
+    network stage does not do too, so it is skipped and costs nothing.
+    """
+    return f"[Unit]\nConditionPathExists={SEED_DIR}/network-config\n"
+
+
+def journald_config() -> str:
+    """``/etc/systemd/journald.conf.d/90-plunder.conf``: keep the journal in memory."""
+    return "[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n"
+
+
+def initramfs_config() -> str:
+    """``/etc/initramfs-tools/conf.d/90-plunder``: only the listed modules, no resume device."""
+    return "MODULES=list\nRESUME=none\nCOMPRESS=gzip\n"
+
+
+def initramfs_modules() -> str:
+    """``/etc/initramfs-tools/modules``: what the initramfs needs to mount a virtio disk."""
+    return "".join(f"{module}\n" for module in INITRAMFS_MODULES)
+
+
+def extlinux_config(cmdline: str = KERNEL_CMDLINE) -> str:
+    """``/boot/extlinux/extlinux.conf``: boot the kernel at once, through Debian's symlinks.
+
+    ``/vmlinuz`` and ``/initrd.img`` are kept current by the kernel package, so a kernel upgrade
+    on the host keeps booting.
+    """
+    return (
+        "DEFAULT debian\n"
+        "PROMPT 0\n"
+        "SERIAL 0 115200\n"
+        "LABEL debian\n"
+        "  LINUX /vmlinuz\n"
+        "  INITRD /initrd.img\n"
+        f"  APPEND {cmdline}\n"
+    )
+
+
+def fstab() -> str:
+    """``/etc/fstab``: the root filesystem, not checked at boot (the image is written fresh)."""
+    return f"{ROOT_DEVICE} / ext4 defaults,errors=remount-ro 0 0\n"
+
+
+def mirror_from_apt_sources(texts: Iterable[str]) -> str | None:
+    """The Debian mirror of ``SUITE`` in apt's sources (deb822 or one-line), else ``None``."""
+    for text in texts:
+        for stanza in text.split("\n\n"):
+            fields = _deb822_fields(stanza)
+            suites = fields.get("suites", "").split()
+            if "deb" in fields.get("types", "").split() and SUITE in suites:
+                return fields["uris"].split()[0].rstrip("/")
+        for line in text.splitlines():
+            words = line.split("#", 1)[0].split()
+            if words[:1] == ["deb"]:
+                words = [word for word in words[1:] if not word.startswith("[")]
+                if len(words) >= 2 and words[1] == SUITE:
+                    return words[0].rstrip("/")
+    return None
+
+
+def _deb822_fields(stanza: str) -> dict[str, str]:
+    """The fields of one deb822 stanza, keys lower-cased (comments and continuations skipped)."""
+    fields: dict[str, str] = {}
+    for line in stanza.splitlines():
+        if line.startswith(("#", " ", "\t")) or ":" not in line:
+            continue
+        key, value = line.split(":", 1)
+        fields[key.strip().lower()] = value.strip()
+    return fields
+
+
+def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
+    """The mirror apt on this machine uses for ``SUITE`` (``$PLUNDER_DEBIAN_MIRROR`` wins)."""
+    override = os.environ.get("PLUNDER_DEBIAN_MIRROR")
+    if override:
+        return override
+    files = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*"))]
+    texts = [path.read_text() for path in files if path.is_file()]
+    mirror = mirror_from_apt_sources(texts)
+    if mirror is None:
+        raise ImageBuildError(f"no 'deb … {SUITE}' source in {apt_dir}: which mirror to use?")
+    return mirror
+
+
+# --- the disk layout (pure) --------------------------------------------------------------------
+
+
+def mbr_partition_entry(start_sector: int, sectors: int, type_id: int = 0x83) -> bytes:
+    """One 16-byte MBR partition entry, marked bootable, addressed by LBA only.
+
+    The CHS fields hold the "beyond CHS" marker; every BIOS since the 1990s (and SeaBIOS, and
+    syslinux's ``mbr.bin``) reads the LBA fields.
+    """
+    beyond_chs = b"\xfe\xff\xff"
+    return struct.pack("<B3sB3sII", 0x80, beyond_chs, type_id, beyond_chs, start_sector, sectors)
+
+
+def render_mbr(boot_code: bytes, partition: bytes, disk_signature: int) -> bytes:
+    """A 512-byte MBR: boot code, disk signature, one partition, three empty slots, 0x55AA."""
+    if len(boot_code) > 440:
+        raise ImageBuildError(f"MBR boot code is {len(boot_code)} bytes; at most 440 fit")
+    return (
+        boot_code.ljust(440, b"\0")
+        + struct.pack("<IH", disk_signature, 0)
+        + partition
+        + bytes(48)
+        + b"\x55\xaa"
+    )
+
+
+def partition_offset(mbr: bytes, number: int = 1) -> int:
+    """The byte offset of MBR partition ``number`` (1–4) on its disk.
+
+    Raises:
+        ImageBuildError: The sector is not an MBR, or that slot is empty.
+    """
+    if len(mbr) < 512 or mbr[510:512] != b"\x55\xaa":
+        raise ImageBuildError("no MBR partition table (no 0x55AA signature)")
+    entry = mbr[446 + 16 * (number - 1) : 446 + 16 * number]
+    start_sector, sectors = struct.unpack("<II", entry[8:16])
+    if entry[4] == 0 or sectors == 0:
+        raise ImageBuildError(f"MBR partition {number} is empty")
+    return int(start_sector) * SECTOR_BYTES
+
+
+def root_filesystem_blocks() -> int:
+    """The root filesystem's size in blocks: the whole disk after the partition's start."""
+    return (DISK_BYTES - PARTITION_START_SECTOR * SECTOR_BYTES) // BLOCK_BYTES
+
+
+def debugfs_seed_commands(files: dict[str, Path], removed: Sequence[str]) -> str:
+    """The ``debugfs -w`` script that puts seed files (name → local file) into ``SEED_DIR``.
+
+    ``write`` only makes a file in the current folder, and never over an existing one: hence
+    ``cd`` first, and ``rm`` before each write (an error for a file that is not there is fine).
+    """
+    lines = [f"cd {SEED_DIR}"]
+    for name in removed:
+        lines.append(f"rm {name}")
+    for name, source in files.items():
+        lines += [
+            f"rm {name}",
+            f"write {source} {name}",
+            f"sif {name} mode 0100600",
+            f"sif {name} uid 0",
+            f"sif {name} gid 0",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# --- running programs --------------------------------------------------------------------------
+
+
+def _run(argv: Sequence[str], what: str, timeout: float = 1800) -> str:
+    """Run a program to completion and return its output.
+
+    Raises:
+        ImageBuildError: It is missing, failed, or took longer than ``timeout`` seconds.
+    """
+    try:
+        result = subprocess.run(  # noqa: S603 - argv is built here, not taken from input
+            list(argv), capture_output=True, text=True, check=False, timeout=timeout
+        )
+    except FileNotFoundError as error:
+        package = BUILD_PROGRAMS.get(argv[0], "?")
+        raise ImageBuildError(f"{what}: {argv[0]} is not installed (Debian: {package})") from error
+    except subprocess.TimeoutExpired as error:
+        raise ImageBuildError(f"{what}: {argv[0]} took more than {timeout:.0f} s") from error
+    if result.returncode != 0:
+        output = (result.stderr.strip() or result.stdout.strip())[-4000:]
+        raise ImageBuildError(f"{what} failed ({argv[0]} exit {result.returncode}):\n{output}")
+    return result.stdout
+
+
+def _chroot(tree: Path, *argv: str, what: str) -> str:
+    """Run a program inside the image's tree, with a plain environment."""
+    env_argv = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
+    return _run(["chroot", str(tree), *env_argv, *argv], what)
+
+
+def missing_build_tools() -> list[str]:
+    """What this machine lacks to build the image, as "program (Debian package)"."""
+    missing = [
+        f"{program} ({package})"
+        for program, package in BUILD_PROGRAMS.items()
+        if shutil.which(program) is None
+    ]
+    if not MBR_CODE.exists():
+        missing.append(f"{MBR_CODE} (syslinux-common)")
+    return missing
+
+
+# --- the build ---------------------------------------------------------------------------------
+
+
+def build_os_image(force: bool = False) -> OSImage:
+    """Return the cached image, building it first if it is missing (or if ``force``).
+
+    The build runs debootstrap, so it needs root and the Debian mirror; it takes a couple of
+    minutes and about 1.5 GB of scratch space beside the cache. Concurrent callers wait for one
+    build; a half-built image is never visible under the final name.
+
+    Raises:
+        ImageBuildError: A build step failed; the message names it and shows its output.
+    """
+    target = image_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target.parent):
+        if force or not _is_complete(target):
+            if os.geteuid() != 0:
+                raise ImageBuildError("building the OS image needs root (debootstrap, mount)")
+            missing = missing_build_tools()
+            if missing:
+                raise ImageBuildError(f"the image build needs {', '.join(missing)}")
+            started = time.monotonic()
+            log.info("building %s (once; later runs reuse it)", target)
+            with _workspace(target.parent) as workspace:
+                _build_into(workspace, target)
+            log.info("built %s in %.1f s", target.name, time.monotonic() - started)
+        return load_os_image(target)
+
+
+def load_os_image(path: Path) -> OSImage:
+    """The built image at ``path``, with the checksums its sidecars hold."""
+    gz = compressed_path(path)
+    return OSImage(
+        path=path,
+        gz_path=gz,
+        sha256=parse_checksum(checksum_path(path).read_text()),
+        size_bytes=path.stat().st_size,
+        sha256_gz=parse_checksum(checksum_path(gz).read_text()),
+    )
+
+
+def _is_complete(target: Path) -> bool:
+    """Whether every artifact is there (the raw image is renamed into place last)."""
+    gz = compressed_path(target)
+    return all(p.exists() for p in (target, gz, checksum_path(target), checksum_path(gz)))
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """Hold the cache folder's build lock (one build at a time, across processes)."""
+    with (folder / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _workspace(folder: Path) -> Iterator[Path]:
+    """A scratch folder in the cache (same filesystem, so the results can be renamed)."""
+    workspace = Path(tempfile.mkdtemp(prefix=".build-", dir=folder))
+    try:
+        yield workspace
+    finally:
+        _remove_workspace(workspace)
+
+
+def _remove_workspace(workspace: Path) -> None:
+    """Delete the scratch folder, but never through something still mounted in it."""
+    for mount_point in _mounts_under(workspace):
+        subprocess.run(["umount", "--lazy", str(mount_point)], capture_output=True, check=False)
+    still = _mounts_under(workspace)
+    if still:
+        raise ImageBuildError(f"not deleting {workspace}: still mounted: {still}")
+    shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _mounts_under(folder: Path) -> list[Path]:
+    """Mount points at or below ``folder``, deepest first."""
+    resolved = folder.resolve()
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = Path(line.split()[4].replace("\\040", " "))
+        if point == resolved or resolved in point.parents:
+            points.append(point)
+    return sorted(points, key=lambda p: len(p.parts), reverse=True)
+
+
+def _build_into(workspace: Path, target: Path) -> None:
+    """Every step, timed; the finished files are renamed next to ``target`` at the end."""
+    tree = workspace / "root"
+    disk = workspace / target.name
+    steps = (
+        ("debootstrap", lambda: _debootstrap(tree, debian_mirror())),
+        ("configure", lambda: _configure_tree(tree)),
+        ("kernel modules", lambda: _prune_kernel_modules(tree)),
+        (
+            "initramfs",
+            lambda: _chroot(tree, "update-initramfs", "-u", "-k", "all", what="initramfs"),
+        ),
+        ("trim", lambda: _trim_tree(tree)),
+        ("filesystem", lambda: _make_disk(tree, disk)),
+        ("bootloader", lambda: _install_bootloader(disk, workspace / "mnt")),
+        ("compress", lambda: _compress_and_publish(disk, target)),
+    )
+    for name, step in steps:
+        started = time.monotonic()
+        step()
+        log.info("image build: %s took %.1f s", name, time.monotonic() - started)
+
+
+def _debootstrap(tree: Path, mirror: str) -> None:
+    """Install Debian's minimal base and :data:`PACKAGES` into ``tree``."""
+    argv = [
+        "debootstrap",
+        "--variant=minbase",
+        f"--include={','.join(PACKAGES)}",
+        SUITE,
+        str(tree),
+        mirror,
+    ]
+    try:
+        _run(argv, f"debootstrap {SUITE} from {mirror}")
+    except ImageBuildError as error:
+        detail = tree / "debootstrap" / "debootstrap.log"
+        tail = detail.read_text(errors="replace")[-3000:] if detail.exists() else ""
+        raise ImageBuildError(f"{error}\n--- {detail} (end) ---\n{tail}") from error
+
+
+def _write(tree: Path, path: str, text: str, mode: int = 0o644) -> None:
+    """Write a file into the tree (``path`` is absolute inside the image)."""
+    target = tree / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)  # it may be a symlink or read-only (machine-id)
+    target.write_text(text)
+    target.chmod(mode)
+
+
+def _configure_tree(tree: Path) -> None:
+    """Write the image's configuration and mask what it does not need."""
+    _write(tree, "/etc/cloud/cloud.cfg.d/90-plunder.cfg", cloud_init_config())
+    _write(tree, "/etc/systemd/network/90-plunder-dhcp.network", fallback_network_config())
+    _write(
+        tree,
+        "/etc/systemd/system/systemd-networkd-wait-online.service.d/90-plunder.conf",
+        wait_online_dropin(),
+    )
+    _write(
+        tree, "/etc/systemd/system/cloud-init-local.service.d/90-plunder.conf", local_stage_dropin()
+    )
+    _write(tree, "/etc/systemd/journald.conf.d/90-plunder.conf", journald_config())
+    _write(tree, "/etc/initramfs-tools/conf.d/90-plunder", initramfs_config())
+    _write(tree, "/etc/initramfs-tools/modules", initramfs_modules())
+    _write(tree, "/boot/extlinux/extlinux.conf", extlinux_config())
+    _write(tree, "/etc/fstab", fstab())
+    _write(tree, "/etc/hostname", "debian\n")
+    _write(tree, "/etc/hosts", "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost\n")
+    _write(tree, "/etc/machine-id", "", mode=0o444)  # each host makes its own at first boot
+    (tree / "etc/resolv.conf").unlink(missing_ok=True)
+    (tree / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    (tree / SEED_DIR.relative_to("/")).mkdir(parents=True, exist_ok=True)
+    enabled = ("systemd-networkd.service", "systemd-resolved.service")
+    _chroot(tree, "systemctl", "enable", *enabled, what="enable units")
+    _chroot(tree, "systemctl", "mask", *MASKED_UNITS, what="mask units")
+    _enable_cloud_init_without_generator(tree)
+    _chroot(tree, "passwd", "--lock", "root", what="lock root's password")
+
+
+def _enable_cloud_init_without_generator(tree: Path) -> None:
+    """Start cloud-init at every boot, without its generator running ds-identify first.
+
+    The generator exists to find out whether a datasource is there; this image always has
+    NoCloud (or ``None``), and ds-identify is a long shell script that holds up systemd's start.
+    """
+    generator = tree / "etc/systemd/system-generators/cloud-init-generator"
+    generator.parent.mkdir(parents=True, exist_ok=True)
+    generator.unlink(missing_ok=True)
+    generator.symlink_to("/dev/null")  # a generator linked to /dev/null is masked
+    wants = tree / "etc/systemd/system/multi-user.target.wants/cloud-init.target"
+    wants.parent.mkdir(parents=True, exist_ok=True)
+    wants.unlink(missing_ok=True)
+    wants.symlink_to("/lib/systemd/system/cloud-init.target")
+
+
+def _prune_kernel_modules(tree: Path) -> None:
+    """Delete :data:`PRUNED_MODULE_DIRS` from every installed kernel and redo its module index."""
+    for kernel_dir in sorted((tree / "lib/modules").iterdir()):
+        for relative in PRUNED_MODULE_DIRS:
+            shutil.rmtree(kernel_dir / "kernel" / relative, ignore_errors=True)
+        _chroot(tree, "depmod", "-a", kernel_dir.name, what=f"depmod {kernel_dir.name}")
+
+
+def _trim_tree(tree: Path) -> None:
+    """Delete :data:`TRIMMED_PATHS` (folders are emptied, not removed)."""
+    for relative in TRIMMED_PATHS:
+        path = tree / relative
+        if path.is_dir() and not path.is_symlink():
+            for child in path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        else:
+            path.unlink(missing_ok=True)
+    shutil.rmtree(tree / "debootstrap", ignore_errors=True)
+
+
+def _make_disk(tree: Path, disk: Path) -> None:
+    """A sparse disk: syslinux's MBR, one bootable partition, ext4 made from ``tree``."""
+    with disk.open("wb") as file:
+        file.truncate(DISK_BYTES)
+        sectors = DISK_BYTES // SECTOR_BYTES - PARTITION_START_SECTOR
+        entry = mbr_partition_entry(PARTITION_START_SECTOR, sectors)
+        signature = int.from_bytes(os.urandom(4), "little")
+        file.write(render_mbr(MBR_CODE.read_bytes(), entry, signature))
+    offset = PARTITION_START_SECTOR * SECTOR_BYTES
+    _run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-b",
+            str(BLOCK_BYTES),
+            "-O",
+            EXT4_FEATURES,
+            "-L",
+            ROOT_LABEL,
+            "-E",
+            f"offset={offset}",
+            "-d",
+            str(tree),
+            str(disk),
+            str(root_filesystem_blocks()),
+        ],
+        "make the root filesystem from the tree",
+    )
+
+
+def _install_bootloader(disk: Path, mount_point: Path) -> None:
+    """Install extlinux into the root filesystem (the one step that needs it mounted)."""
+    mount_point.mkdir()
+    offset = PARTITION_START_SECTOR * SECTOR_BYTES
+    _run(
+        ["mount", "-t", "ext4", "-o", f"loop,offset={offset}", str(disk), str(mount_point)],
+        "loop-mount the root filesystem for extlinux",
+    )
+    try:
+        _run(["extlinux", "--install", str(mount_point / "boot/extlinux")], "extlinux --install")
+    finally:
+        _run(["umount", str(mount_point)], "unmount the root filesystem")
+
+
+def _compress_and_publish(disk: Path, target: Path) -> None:
+    """Gzip the disk, write both checksums, and rename everything into place (raw last)."""
+    gz_temp = compressed_path(disk)
+    raw_digest, gz_digest = _gzip_with_digests(disk, gz_temp)
+    gz_target = compressed_path(target)
+    checksum_path(target).write_text(render_checksum(raw_digest, target))
+    checksum_path(gz_target).write_text(render_checksum(gz_digest, gz_target))
+    gz_temp.rename(gz_target)
+    disk.rename(target)
+
+
+def _gzip_with_digests(source: Path, destination: Path) -> tuple[str, str]:
+    """Write ``source`` gzip-compressed to ``destination``; return both files' SHA-256."""
+    raw_hash, gz_hash = hashlib.sha256(), hashlib.sha256()
+    compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    with source.open("rb") as raw, destination.open("wb") as out:
+        while chunk := raw.read(_CHUNK_BYTES):
+            raw_hash.update(chunk)
+            packed = compressor.compress(chunk)
+            gz_hash.update(packed)
+            out.write(packed)
+        packed = compressor.flush()
+        gz_hash.update(packed)
+        out.write(packed)
+    return raw_hash.hexdigest(), gz_hash.hexdigest()
+
+
+# --- the seed ----------------------------------------------------------------------------------
+
+
+def write_nocloud_seed(
+    image: Path, meta_data: str, user_data: str, network_config: str | None
+) -> None:
+    """Write a NoCloud seed into the image's root filesystem, without mounting it.
+
+    The files go to :data:`SEED_DIR`, mode 0600 and owned by root (user-data carries the
+    bootstrap secrets). ``network_config=None`` removes any earlier ``network-config``, so the
+    host falls back to DHCP. The image is changed in place: pass a copy of the cached one.
+
+    Raises:
+        ImageBuildError: The image has no MBR partition 1, or debugfs failed to write a file.
+    """
+    with image.open("rb") as file:
+        device = f"{image}?offset={partition_offset(file.read(512))}"
+    contents = {"meta-data": meta_data, "user-data": user_data}
+    if network_config is not None:
+        contents["network-config"] = network_config
+    removed = [] if network_config is not None else ["network-config"]
+    with tempfile.TemporaryDirectory(prefix="plunder-seed-") as scratch:
+        sources = {}
+        for name, text in contents.items():
+            sources[name] = Path(scratch) / name
+            sources[name].write_text(text)
+        script = Path(scratch) / "commands"
+        script.write_text(debugfs_seed_commands(sources, removed))
+        _run(["debugfs", "-w", "-f", str(script), device], f"write the NoCloud seed into {image}")
+    for name, text in contents.items():
+        written = _run(["debugfs", "-R", f"cat {SEED_DIR / name}", device], f"read back {name}")
+        if written != text:
+            raise ImageBuildError(f"{name} in {image} does not read back as written")

@@ -1,0 +1,231 @@
+"""The agent's build recipe and the pure parts of its script, without building or booting."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from plunder.agent import build
+
+SCRIPT = build.AGENT_SCRIPT.read_text()
+RECIPE = Path(build.__file__).read_text()
+
+
+def test_the_version_changes_with_the_script_and_the_recipe() -> None:
+    version = build.agent_version(SCRIPT, RECIPE)
+    assert version == build.AGENT_VERSION
+    assert build.agent_version(SCRIPT, RECIPE) == version
+    assert build.agent_version(SCRIPT + "\n# a comment\n", RECIPE) != version
+    assert build.agent_version(SCRIPT, RECIPE.replace('"e1000"', '"e1000e"')) != version
+    assert re.fullmatch(r"[0-9.]+-[0-9]+-[0-9a-f]{16}", version), "a plain folder name"
+    assert build.agent_dir().name == version
+    assert build.agent_dir().parent.name == "agent"
+
+
+def test_the_recipe_asks_for_network_disk_and_filesystem_drivers() -> None:
+    for module in ("e1000", "virtio_net", "virtio_pci", "virtio_blk", "ahci", "sd_mod", "nvme"):
+        assert module in build.MODULES
+    assert "ext4" in build.MODULES
+    assert build.KERNEL_RELEASE in build.KERNEL_PACKAGE
+
+
+MODULES_DEP = """\
+kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
+kernel/lib/crc16.ko:
+kernel/fs/mbcache.ko:
+kernel/fs/jbd2/jbd2.ko:
+kernel/crypto/crc32c_generic.ko:
+kernel/arch/x86/crypto/crc32c-intel.ko:
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko \
+kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/nvme/host/nvme.ko: kernel/drivers/nvme/host/nvme-core.ko
+kernel/drivers/nvme/host/nvme-core.ko:
+"""
+SOFTDEP = "# Soft dependencies of the modules.\nsoftdep ext4 pre: crypto-crc32c\n"
+ALIASES = """\
+# Aliases extracted from modules themselves.
+alias crypto-crc32c crc32c_intel
+alias crypto-crc32c crc32c_generic
+alias pci:v00001AF4d00001001sv*sd*bc*sc*i* virtio_blk
+"""
+
+
+def _parsed() -> tuple[dict[str, list[str]], dict[str, list[str]], list[tuple[str, str]]]:
+    return (
+        build.parse_modules_dep(MODULES_DEP),
+        build.parse_softdeps(SOFTDEP),
+        build.parse_aliases(ALIASES),
+    )
+
+
+def test_module_names_are_what_modprobe_calls_them() -> None:
+    assert build.module_name("kernel/drivers/nvme/host/nvme-core.ko") == "nvme_core"
+    assert build.module_name("kernel/fs/ext4/ext4.ko.xz") == "ext4"
+
+
+def test_soft_dependencies_are_loaded_first_and_hard_ones_are_left_to_modprobe() -> None:
+    deps, softdeps, aliases = _parsed()
+    assert softdeps == {"ext4": ["crypto-crc32c"]}
+    order = build.modules_to_load(["virtio_blk", "ext4", "nvme"], deps, softdeps, aliases)
+    assert order == ["virtio_blk", "crc32c_generic", "crc32c_intel", "ext4", "nvme"]
+
+
+def test_the_module_files_include_every_dependency() -> None:
+    deps, softdeps, aliases = _parsed()
+    order = build.modules_to_load(["virtio_blk", "ext4", "nvme"], deps, softdeps, aliases)
+    assert build.module_files(order, deps) == sorted(
+        [
+            "kernel/drivers/block/virtio_blk.ko",
+            "kernel/drivers/virtio/virtio.ko",
+            "kernel/drivers/virtio/virtio_ring.ko",
+            "kernel/crypto/crc32c_generic.ko",
+            "kernel/arch/x86/crypto/crc32c-intel.ko",
+            "kernel/fs/ext4/ext4.ko",
+            "kernel/lib/crc16.ko",
+            "kernel/fs/mbcache.ko",
+            "kernel/fs/jbd2/jbd2.ko",
+            "kernel/drivers/nvme/host/nvme.ko",
+            "kernel/drivers/nvme/host/nvme-core.ko",
+        ]
+    )
+
+
+def test_a_module_missing_from_the_kernel_package_is_an_error() -> None:
+    deps, softdeps, aliases = _parsed()
+    with pytest.raises(build.AgentBuildError, match="e1000"):
+        build.modules_to_load(["e1000"], deps, softdeps, aliases)
+
+
+def _read_newc(archive: bytes) -> list[tuple[str, int, bytes, tuple[int, int]]]:
+    """(name, mode, data, rdev) of each member, checking the format on the way."""
+    members = []
+    offset = 0
+    while True:
+        assert archive[offset : offset + 6] == b"070701"
+        fields = [int(archive[offset + 6 + 8 * i : offset + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, rdev, name_size = fields[1], fields[6], (fields[9], fields[10]), fields[11]
+        assert fields[2] == fields[3] == 0, "owned by root"
+        name_start = offset + 110
+        name = archive[name_start : name_start + name_size - 1].decode()
+        data_start = (name_start + name_size + 3) // 4 * 4
+        data = archive[data_start : data_start + size]
+        offset = (data_start + size + 3) // 4 * 4
+        if name == "TRAILER!!!":
+            assert offset == len(archive)
+            return members
+        members.append((name, mode, data, rdev))
+
+
+def test_the_initramfs_holds_init_busybox_its_applets_and_a_console(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "busybox").write_bytes(b"\x7fELF busybox")
+    (root / "init").write_text(SCRIPT)
+    modules = root / "lib" / "modules" / build.KERNEL_RELEASE / "kernel" / "fs" / "ext4"
+    modules.mkdir(parents=True)
+    (modules / "ext4.ko").write_bytes(b"module")
+    build.link_applets(root, ["bin/sh", "usr/bin/wget", "sbin/modprobe", "linuxrc"])
+
+    archive = io.BytesIO()
+    build.write_newc(build.initramfs_entries(root), archive)
+    read = _read_newc(archive.getvalue())
+    members = {name: (mode, data, rdev) for name, mode, data, rdev in read}
+
+    assert members["init"][1] == SCRIPT.encode()
+    assert stat.S_ISREG(members["init"][0]) and members["init"][0] & 0o777 == 0o755
+    assert members["bin/busybox"][1] == b"\x7fELF busybox"
+    for applet in ("bin/sh", "usr/bin/wget", "sbin/modprobe"):
+        assert stat.S_ISLNK(members[applet][0]) and members[applet][1] == b"/bin/busybox"
+    assert "linuxrc" not in members
+    assert f"lib/modules/{build.KERNEL_RELEASE}/kernel/fs/ext4/ext4.ko" in members
+    assert stat.S_ISCHR(members["dev/console"][0]) and members["dev/console"][2] == (5, 1)
+    assert stat.S_ISCHR(members["dev/null"][0])
+
+    names = list(members)
+    for name in names:  # a folder comes before what is in it
+        parent = name.rpartition("/")[0]
+        if parent:
+            assert names.index(parent) < names.index(name), name
+
+
+def test_the_archive_depends_only_on_its_contents(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "init").write_text("#!/bin/sh\n")
+    first, second = io.BytesIO(), io.BytesIO()
+    build.write_newc(build.initramfs_entries(root), first)
+    (root / "init").touch()
+    build.write_newc(build.initramfs_entries(root), second)
+    assert first.getvalue() == second.getvalue()
+
+
+# --- the script's pure functions, run by busybox sh where it is installed --------------------
+
+BUSYBOX = shutil.which("busybox")
+# scripts/setup.sh installs busybox-static and shellcheck: their absence fails, never skips.
+
+
+def _agent_sh(snippet: str, *args: str, cwd: Path | None = None) -> str:
+    assert BUSYBOX is not None
+    program = f'PLUNDER_AGENT_FUNCTIONS_ONLY=1 . "{build.AGENT_SCRIPT}"\n{snippet}'
+    result = subprocess.run(
+        [BUSYBOX, "sh", "-c", program, "sh", *args],
+        capture_output=True,
+        check=True,
+        cwd=cwd,
+    )
+    return result.stdout.decode()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", ""),
+        ("QEMU", "QEMU"),
+        ('say "hi" \\ bye', 'say "hi" \\ bye'),
+        ("tab\there\nnew line\r", "tab\there\nnew line\r"),
+        ("bell\x07 esc\x1b del\x7f", "bell? esc? del?"),
+        ("Ünïcode", "??n??code"),
+    ],
+)
+def test_json_strings_are_escaped(text: str, expected: str) -> None:
+    assert json.loads(_agent_sh('json_string "$1"', text)) == expected
+
+
+def test_json_null_for_nothing() -> None:
+    assert _agent_sh('json_string_or_null ""; echo; json_string_or_null x') == 'null\n"x"'
+
+
+def test_work_values_are_read_from_key_value_lines(tmp_path: Path) -> None:
+    (tmp_path / "work.txt").write_bytes(
+        b"action=provision\r\nimage_url=http://s/i.raw?a=b&c=d\r\nimage_format=raw\r\n"
+    )
+    out = _agent_sh(
+        f'RUN="{tmp_path}"; work_value action; work_value image_url; echo "[$(work_value no)]"'
+    )
+    assert out == "provision\nhttp://s/i.raw?a=b&c=d\n[]\n"
+
+
+def test_partitions_are_named_as_the_kernel_names_them() -> None:
+    out = _agent_sh("partition_path /dev/vda 1; partition_path /dev/nvme0n1 1")
+    assert out == "/dev/vda1\n/dev/nvme0n1p1\n"
+
+
+def test_the_script_is_shellcheck_clean(tmp_path: Path) -> None:
+    dhcp_script = re.search(r"<<'EOF'\n(.*?)\nEOF\n", SCRIPT, re.DOTALL)
+    assert dhcp_script
+    (tmp_path / "udhcpc.sh").write_text(dhcp_script.group(1) + "\n")
+    for script in (build.AGENT_SCRIPT, tmp_path / "udhcpc.sh"):
+        result = subprocess.run(
+            ["shellcheck", "--shell=sh", str(script)], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout
