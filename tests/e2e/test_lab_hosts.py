@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 from lightkube import Client
-from lightkube.resources.core_v1 import Event
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Event, Secret
 from lightkube.types import PatchType
 
 from plunder.api.inventory import PlunderHost
@@ -226,3 +227,80 @@ def test_lab_status_lists_the_running_hosts(lab: RunningLab) -> None:
     rows = {line.split()[1]: line for line in status.stdout.splitlines() if "│" in line[:2]}
     for name in ("etcd", "kube-apiserver", "controller", "boot", *(h["name"] for h in lab.hosts)):
         assert "running" in rows[name], status.stdout
+
+
+def mbr_signature(disk: Path) -> bytes:
+    """Bytes 510-511 of a running host's qcow2 disk (read-only, shared with QEMU)."""
+    out = subprocess.run(
+        ["qemu-io", "-U", "-r", "-f", "qcow2", "-c", "read -v 496 16", str(disk)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    row = next(line for line in out.splitlines() if line.startswith("000001f0:"))
+    return bytes.fromhex("".join(row.split(":", 1)[1].split()[:16]))[14:16]
+
+
+def test_an_os_is_installed_phones_home_and_is_wiped_again(lab: RunningLab) -> None:
+    """The whole cycle: available → provisioned from the lab's image → deprovisioned."""
+    spec = lab.hosts[1]  # a BIOS host: the image boots through extlinux
+    name, mac = spec["name"], spec["mac"]
+    wait_for(lambda: mac in hosts_by_mac(lab, "available"), f"{name} to be available")
+    host_name = "host-" + mac.replace(":", "-")
+    marker = f"PLUNDER-E2E-{secrets.token_hex(4)}"
+    user_data = f"#cloud-config\nruncmd:\n  - echo {marker} > /dev/ttyS0\n"
+    lab.kube.create(
+        Secret(
+            metadata=ObjectMeta(name="bootstrap-e2e", namespace="default"),
+            stringData={"value": user_data},
+        )
+    )
+    images = lab.folder / "files" / "images"
+    checksum = (images / "debian-12.raw.gz.sha256").read_text().split()[0]
+    url = f"http://{lab.subnet.network_address + 1}:8080/files/images/debian-12.raw.gz"
+    started = time.monotonic()
+    lab.kube.patch(
+        HOSTS,
+        host_name,
+        {
+            "spec": {
+                "image": {"url": url, "checksum": checksum, "format": "raw-gzip"},
+                "userData": {"name": "bootstrap-e2e"},
+            }
+        },
+        namespace="default",
+        patch_type=PatchType.MERGE,
+    )
+
+    def state() -> str | None:
+        return hosts_by_mac(lab)[mac]["status"].get("state")
+
+    wait_for(lambda: state() == "provisioned", "the host to be provisioned", timeout=900)
+    took = time.monotonic() - started
+    assert lab.serial(name).count(marker) == 1, "cloud-init did not run the bootstrap data once"
+    assert marker not in (lab.folder / "boot.log").read_text(), "user-data reached the log"
+    phases = {p["name"]: p for p in hosts_by_mac(lab)[mac]["status"]["phases"]}
+    writing = (
+        datetime.fromisoformat(phases["writing"]["finished"])
+        - datetime.fromisoformat(phases["writing"]["started"])
+    ).total_seconds()
+    print(f"\nprovisioned in {took:.0f}s (image written in {writing:.0f}s)")
+    messages = [
+        e.message or ""
+        for e in lab.kube.list(Event, namespace="default")
+        if e.involvedObject.name == host_name
+    ]
+    assert "Plunder has begun provisioning the Operating System" in messages
+    assert any(m.startswith("Host has been successfully provisioned OS in") for m in messages)
+    disk = lab.folder / "vms" / f"{name}.qcow2"
+    assert mbr_signature(disk) == b"\x55\xaa"
+
+    # Release: take the image away and reboot the host (what a BMC will do): the agent wipes it.
+    lab.kube.patch(
+        HOSTS, host_name, {"spec": {"image": None}}, namespace="default", patch_type=PatchType.MERGE
+    )
+    wait_for(lambda: state() == "deprovisioning", "deprovisioning", timeout=30)
+    uri = f"qemu:///system?socket={lab.folder / 'hv' / 'libvirt' / 'run' / 'libvirt-sock'}"
+    subprocess.run(["virsh", "-c", uri, "reset", name], check=True, capture_output=True)
+    wait_for(lambda: state() == "available", "the wipe", timeout=180)
+    assert mbr_signature(disk) != b"\x55\xaa", "the wiped disk would still boot"
