@@ -46,7 +46,10 @@ def host_specs(count: int) -> list[vms.VMSpec]:
     for i in range(count):
         mac = HOST_MACS[i] if i < len(HOST_MACS) else f"52:54:00:a5:00:{i:02x}"
         firmware: vms.Firmware = "uefi" if i % 3 == 2 else "bios"
-        specs.append(vms.VMSpec(name=f"plunder-host-{i + 1}", mac=mac, firmware=firmware))
+        # Two vCPUs: QEMU runs each on its own thread (multi-threaded TCG), so the agent's
+        # download | check | gunzip | write pipeline runs in parallel. Measured here: the 1 GiB
+        # image was written in 104 s instead of 190 s, and provisioned in 146 s instead of 231 s.
+        specs.append(vms.VMSpec(name=f"plunder-host-{i + 1}", mac=mac, firmware=firmware, cpus=2))
     return specs
 
 
