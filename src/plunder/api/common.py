@@ -21,7 +21,6 @@ PROVIDER_NAME = "infrastructure-plunder"
 CLUSTER_NAME_LABEL = "cluster.x-k8s.io/cluster-name"
 
 MAC_PATTERN = r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$"
-DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
 def mac_rule(path: str) -> dict[str, str]:

@@ -53,8 +53,6 @@ class BootSettings:
     """The Kubernetes namespace PlunderHosts are kept in."""
     poll_seconds: int = 3
     """How often a parked host asks again for work."""
-    reboot_seconds: int = 10
-    """In the reboot park mode, how long a host waits before rebooting."""
     last_seen_interval: float = 30.0
     """Write a host's lastSeen at most this often (each poll would otherwise be a write)."""
     ipxe_dir: Path = Path("/usr/lib/ipxe")

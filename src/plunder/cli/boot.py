@@ -8,15 +8,11 @@ from pathlib import Path
 import click
 
 from plunder.boot.settings import BootSettings, DhcpSettings
+from plunder.cli import options
 
 
 @click.command()
-@click.option(
-    "--kubeconfig",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    envvar="KUBECONFIG",
-    help="Kubeconfig of the management cluster.",
-)
+@options.kubeconfig
 @click.option(
     "--address",
     required=True,

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from plunder.api.inventory import PlunderHost
 from plunder.boot.macs import InvalidMACError, normalise_mac
+from plunder.cli import options
 from plunder.k8s.client import sync_client
 from plunder.k8s.resources import as_dict, resource_for
 
@@ -104,12 +105,6 @@ def hosts_table(hosts: Iterable[PlunderHost], now: datetime) -> Table:
     return table
 
 
-_KUBECONFIG = click.option(
-    "--kubeconfig",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    envvar="KUBECONFIG",
-    help="The management cluster's kubeconfig (default: $KUBECONFIG).",
-)
 _NAMESPACE = click.option(
     "-n", "--namespace", default=None, help="One namespace (default: all namespaces)."
 )
@@ -121,7 +116,7 @@ def get() -> None:
 
 
 @get.command("unleased")
-@_KUBECONFIG
+@options.kubeconfig
 @_NAMESPACE
 def get_unleased(kubeconfig: Path | None, namespace: str | None) -> None:
     """Hosts that booted and wait for work (the original plunder's unleased hardware)."""
@@ -130,7 +125,7 @@ def get_unleased(kubeconfig: Path | None, namespace: str | None) -> None:
 
 
 @get.command("hosts")
-@_KUBECONFIG
+@options.kubeconfig
 @_NAMESPACE
 def get_hosts(kubeconfig: Path | None, namespace: str | None) -> None:
     """Every host, with its state."""
@@ -144,7 +139,7 @@ def describe() -> None:
 
 @describe.command("host")
 @click.argument("mac_or_name")
-@_KUBECONFIG
+@options.kubeconfig
 @_NAMESPACE
 def describe_host(mac_or_name: str, kubeconfig: Path | None, namespace: str | None) -> None:
     """A host by MAC address or name: spec and status."""

@@ -15,16 +15,11 @@ from rich.table import Table
 
 from plunder import __version__
 from plunder.api import crdgen
+from plunder.cli import options
 
 console = Console()
 err_console = Console(stderr=True)
 
-_KUBECONFIG = click.option(
-    "--kubeconfig",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    envvar="KUBECONFIG",
-    help="The management cluster's kubeconfig (default: $KUBECONFIG, else in-cluster).",
-)
 _LAB_DIR = click.option(
     "--dir",
     "lab_dir",
@@ -67,7 +62,7 @@ def crds(output_dir: Path | None) -> None:
 
 
 @cli.command()
-@_KUBECONFIG
+@options.kubeconfig
 @click.option("--namespace", default=None, help="Watch one namespace only (default: all).")
 @click.option("--liveness-port", type=int, default=None, help="Serve /healthz on this port.")
 def controller(kubeconfig: Path | None, namespace: str | None, liveness_port: int | None) -> None:

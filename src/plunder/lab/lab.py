@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
@@ -281,9 +280,3 @@ def host_states(lab_dir: Path) -> dict[str, str]:
     uri = hypervisor.uri_for(run_dir)
     names = hypervisor.virsh(uri, "list", "--all", "--name", check=False).split()
     return {name: vms.state(uri, name) for name in names}
-
-
-def fetch(url: str, namespace: str) -> str:
-    """GET a URL on the provisioning network (for status and tests)."""
-    with netns.entered(namespace), urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
-        return str(response.read().decode())

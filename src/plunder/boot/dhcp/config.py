@@ -34,8 +34,6 @@ ARCH_BOOTS = (
 )
 """RFC 4578: 0 is x86 BIOS, 7 and 9 are x86-64 UEFI."""
 
-TFTP_FILES = tuple(arch.boot_file for arch in ARCH_BOOTS)
-
 
 def chain_url(settings: BootSettings) -> str:
     """What iPXE clients are told to load: a static script that chains with their facts."""

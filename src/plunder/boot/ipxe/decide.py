@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from plunder.api.inventory import PlunderHost
 from plunder.boot.ipxe.scripts import BootDecision
 from plunder.reconcile import hoststate
@@ -43,9 +45,7 @@ def decide(
     if state == "provisioned" or (state == "provisioning" and image_written(host)):
         return BootDecision("disk", f"{state}; booting from disk")
     if has_work(host) or (agent_available and host.spec.park_mode == "poll"):
-        return BootDecision(
-            "kernel", f"{state}; booting the agent", agent.kernel, agent.initrd, agent.cmdline
-        )
+        return dataclasses.replace(agent, reason=f"{state}; booting the agent")
     if host.spec.park_mode == "reboot":
         return BootDecision("reboot-loop", f"{state}; no work (reboot loop)")
     return BootDecision("park", f"{state}; waiting for work")
