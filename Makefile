@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make lab    set up what is missing, then start the lab (management plane + controller)
 #   make test   set up what is missing, then run every check and test (what CI runs)
-.PHONY: lab lab-down setup test lint typecheck unit crds
+.PHONY: lab lab-down setup test lint typecheck unit crds release
 
 PY := .venv/bin
 
@@ -31,3 +31,7 @@ unit: setup
 # Regenerate the committed CRDs after changing the API models.
 crds:
 	$(PY)/plunderctl crds --output-dir config/crd/bases
+
+# Rebuild the release components (infrastructure-components.yaml) after changing config/.
+release:
+	$(PY)/plunderctl release

@@ -11,36 +11,15 @@ Medians over the rounds. Run: .venv/bin/python bench/boot_to_discovered.py [--ro
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
-import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from datetime import datetime
 from pathlib import Path
 
-from plunder.api.inventory import PlunderHost
-from plunder.k8s.client import sync_client
-from plunder.k8s.resources import as_dict, resource_for
-from plunder.lab import processes
+from labrun import running_lab, wait_for
 
 DISCOVER = re.compile(r"^(\S+ \S+) .*DHCPDISCOVER\(\w+\) ([0-9a-f:]{17})", re.MULTILINE)
-
-
-def plunderctl(*args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "plunder.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    if result.returncode != 0:
-        raise RuntimeError(result.stdout + result.stderr)
-    return result.stdout
 
 
 def first_discover(boot_log: str) -> dict[str, float]:
@@ -53,42 +32,15 @@ def first_discover(boot_log: str) -> dict[str, float]:
 
 
 def one_round(folder: Path) -> list[tuple[str, float, float]]:
-    ports = [str(processes.free_port()) for _ in range(3)]
-    plunderctl(
-        "lab",
-        "up",
-        "--dir",
-        str(folder),
-        "--hosts",
-        "3",
-        "--netns",
-        f"plunder-bench-{secrets.token_hex(2)}",
-        "--address",
-        f"172.31.{140 + secrets.randbelow(100)}.1/24",
-        "--apiserver-port",
-        ports[0],
-        "--etcd-port",
-        ports[1],
-        "--controller-port",
-        ports[2],
-    )
-    try:
-        client = sync_client(folder / "kubeconfig")
-        hosts = json.loads((folder / "hosts.json").read_text())
-        deadline = time.monotonic() + 180
-        while True:
-            found = {
-                as_dict(h)["spec"]["bootMACAddress"]: as_dict(h)
-                for h in client.list(resource_for(PlunderHost), namespace="default")
-            }
-            if len(found) == len(hosts):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {sorted(found)} discovered")
-            time.sleep(0.2)
+    with running_lab(folder, "--hosts", "3") as lab:
+        found = wait_for(
+            lambda: (hosts := lab.by_mac()) and len(hosts) == len(lab.hosts) and hosts,
+            "every host to be discovered",
+            timeout=180,
+        )
         discovers = first_discover((folder / "boot.log").read_text())
         rows = []
-        for host in hosts:
+        for host in lab.hosts:
             first_seen = datetime.fromisoformat(found[host["mac"]]["status"]["firstSeen"])
             rows.append(
                 (
@@ -98,8 +50,6 @@ def one_round(folder: Path) -> list[tuple[str, float, float]]:
                 )
             )
         return rows
-    finally:
-        plunderctl("lab", "down", "--dir", str(folder))
 
 
 def main(rounds: int) -> None:

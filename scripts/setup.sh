@@ -15,7 +15,14 @@ declare -A provides=(
   [libvirt-daemon-system]=libvirtd [libvirt-clients]=virsh [wrk]=wrk
   [busybox-static]=/bin/busybox [shellcheck]=shellcheck [kmod]=depmod [cpio]=cpio
   [e2fsprogs]=mkfs.ext4 [debootstrap]=debootstrap [extlinux]=extlinux
-  [syslinux-common]=/usr/lib/syslinux/mbr/mbr.bin
+  [syslinux-common]=/usr/lib/syslinux/mbr/mbr.bin [lzop]=lzop
+  # the OS image's UEFI boot: GRUB on a FAT ESP, made without mounting
+  [grub-efi-amd64-bin]=/usr/lib/grub/x86_64-efi/linux.mod [grub-common]=grub-mkstandalone
+  [mtools]=mcopy [dosfstools]=mkfs.fat
+  # BMCs: virtualbmc needs libvirt-python, which builds from source; ipmitool to poke at them.
+  [libvirt-dev]=/usr/include/libvirt/libvirt.h [pkg-config]=pkg-config [gcc]=gcc [ipmitool]=ipmitool
+  # the installer tests: debconf's preseed checker, GNU wget (runs a preseed's late_command)
+  [debconf]=debconf-set-selections [wget]=wget
 )
 need_apt=()
 for package in "${!provides[@]}"; do

@@ -13,19 +13,21 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lightkube import Client
+from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 
 from plunder.boot.service import BootService
 from plunder.k8s import client as k8s_client
 from plunder.k8s import crds
-from plunder.lab import binaries, processes
+from plunder.lab import binaries, capi, processes
 from plunder.lab.plane import Plane, start_plane
 
 # The HTTP client logs each request at INFO; failures are easier to read without them.
@@ -71,6 +73,25 @@ def cluster_api_crds(kube: Client) -> list[str]:
     return crds.install_crd_files(kube, binaries.cluster_api_crd_files())
 
 
+@pytest.fixture(scope="session")
+def cluster_api_controllers(
+    plane: Plane,
+    kube: Client,
+    cluster_api_crds: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[capi.ClusterAPIControllers]:
+    """Cluster API's core, kubeadm bootstrap and control-plane managers, with their webhooks."""
+    started = time.monotonic()
+    running = capi.start_cluster_api(
+        kube, plane.kubeconfig, plane.pki, tmp_path_factory.mktemp("cluster-api")
+    )
+    PLANE_FACTS.append(
+        f"Cluster API controllers: ready {time.monotonic() - started:.1f} s after start"
+    )
+    yield running
+    running.stop()
+
+
 @pytest.fixture
 def namespace(kube: Client) -> Iterator[str]:
     """A namespace of the test's own, deleted afterwards."""
@@ -104,6 +125,53 @@ async def running(service: BootService) -> AsyncIterator[BootService]:
         yield service
     finally:
         await service.stop()
+
+
+@contextmanager
+def provider_controller(
+    kubeconfig: Path, run_dir: Path, namespace: str | None = None
+) -> Iterator[processes.Managed]:
+    """`plunderctl controller` as a process (watching only ``namespace`` if given)."""
+    port = processes.free_port()
+    watch = ["--namespace", namespace] if namespace else []
+    argv = [sys.executable, "-m", "plunder.cli.main", "controller", "--kubeconfig", str(kubeconfig)]
+    managed = processes.start("controller", [*argv, *watch, "--liveness-port", str(port)], run_dir)
+    try:
+        processes.wait_until(
+            processes.http_ok(f"http://127.0.0.1:{port}/healthz"), "controller", managed
+        )
+        yield managed
+    finally:
+        processes.stop(managed.pid)
+
+
+def nested(obj: Any, *path: str) -> Any:
+    """A nested field of an API object or dict (None where any step is missing)."""
+    value: Any = obj.to_dict() if hasattr(obj, "to_dict") else obj
+    for step in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(step)
+    return value
+
+
+def listed(kube: Client, resource: Any, namespace: str) -> list[Any]:
+    """The objects of ``resource`` in ``namespace``.
+
+    None while the API server's watch cache of the resource (re)initializes: it answers 429
+    then, right after a CRD is installed or changed.
+    """
+    try:
+        return list(kube.list(resource, namespace=namespace))
+    except ApiError as error:
+        if error.status.code != 429:
+            raise
+        return []
+
+
+def eventually(ready: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    """Wait for a condition on the API, polled four times a second."""
+    processes.wait_until(lambda: bool(ready()), what, timeout=timeout, interval=0.25)
 
 
 def plunderctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -45,6 +45,10 @@ class RunningLab:
     hosts: list[dict[str, Any]]
     subnet: IPv4Network
 
+    @property
+    def libvirt_uri(self) -> str:
+        return f"qemu:///system?socket={self.folder / 'hv' / 'libvirt' / 'run' / 'libvirt-sock'}"
+
     def serial(self, name: str) -> str:
         return (self.folder / "vms" / f"{name}.serial.log").read_text(errors="replace")
 
@@ -165,14 +169,27 @@ def tiny_os_image(folder: Path) -> tuple[bytes, str]:
     return disk, hashlib.sha256(disk).hexdigest()
 
 
-def test_work_is_picked_up_without_a_reboot_and_a_failure_then_a_retry(lab: RunningLab) -> None:
-    all_available(lab)
-    name, mac = lab.hosts[0]["name"], lab.hosts[0]["mac"]
-    host_name = "host-" + mac.replace(":", "-")
+@pytest.fixture(scope="module")
+def tiny_image(lab: RunningLab) -> tuple[str, str]:
+    """The tiny image, served by the lab: (url, sha256)."""
     disk, digest = tiny_os_image(lab.folder)
     (lab.folder / "files" / "images").mkdir(parents=True, exist_ok=True)
     (lab.folder / "files" / "images" / "tiny.raw").write_bytes(disk)
-    url = f"http://{lab.subnet.network_address + 1}:8080/files/images/tiny.raw"
+    return f"http://{lab.subnet.network_address + 1}:8080/files/images/tiny.raw", digest
+
+
+def writing_finished(lab: RunningLab, mac: str) -> bool:
+    phases = hosts_by_mac(lab)[mac]["status"].get("phases", [])
+    return any(p["name"] == "writing" and p.get("finished") for p in phases)
+
+
+def test_work_is_picked_up_without_a_reboot_and_a_failure_then_a_retry(
+    lab: RunningLab, tiny_image: tuple[str, str]
+) -> None:
+    all_available(lab)
+    name, mac = lab.hosts[0]["name"], lab.hosts[0]["mac"]
+    host_name = "host-" + mac.replace(":", "-")
+    url, digest = tiny_image
 
     def state() -> str | None:
         return hosts_by_mac(lab)[mac]["status"].get("state")
@@ -205,20 +222,62 @@ def test_work_is_picked_up_without_a_reboot_and_a_failure_then_a_retry(lab: Runn
         namespace="default",
         patch_type=PatchType.MERGE,
     )
-    wait_for(
-        lambda: any(
-            p["name"] == "writing" and p.get("finished")
-            for p in hosts_by_mac(lab)[mac]["status"].get("phases", [])
-        ),
-        "the image to be written",
-        timeout=90,
-    )
+    wait_for(lambda: writing_finished(lab, mac), "the image to be written", timeout=90)
     assert state() == "provisioning"  # until the installed OS phones home
     wait_for(
         lambda: "provisioning; booting from disk" in lab.serial(name),
         "the host to be sent to its disk",
         timeout=60,
     )
+
+
+def test_a_host_reset_in_the_middle_of_the_write_fails_it_clearly_and_a_retry_works(
+    lab: RunningLab, tiny_image: tuple[str, str]
+) -> None:
+    """Power lost while the agent writes: the next boot says so; a spec change retries."""
+    name, mac = lab.hosts[2]["name"], lab.hosts[2]["mac"]
+    wait_for(lambda: mac in hosts_by_mac(lab, "available"), f"{name} to be available")
+    host_name = "host-" + mac.replace(":", "-")
+    images = lab.folder / "files" / "images"
+    checksum = (images / "debian-12.raw.gz.sha256").read_text().split()[0]
+    server = f"http://{lab.subnet.network_address + 1}:8080"
+    image = {"url": f"{server}/files/images/debian-12.raw.gz", "checksum": checksum}
+    lab.kube.patch(
+        HOSTS,
+        host_name,
+        {"spec": {"image": {**image, "format": "raw-gzip"}}},
+        namespace="default",
+        patch_type=PatchType.MERGE,
+    )
+    wait_for(
+        lambda: any(p["name"] == "writing" for p in hosts_by_mac(lab)[mac]["status"]["phases"]),
+        "the agent to start writing",
+        timeout=90,
+    )
+    subprocess.run(["virsh", "-c", lab.libvirt_uri, "reset", name], check=True, capture_output=True)
+
+    def status() -> dict[str, Any]:
+        return dict(hosts_by_mac(lab)[mac]["status"])
+
+    wait_for(lambda: status().get("state") == "error", "the interrupted write to fail", timeout=60)
+    assert status()["errorReason"] == "ProvisioningInterrupted"
+    (condition,) = [c for c in status()["conditions"] if c["type"] == "Provisioned"]
+    assert (condition["status"], condition["reason"]) == ("False", "ProvisioningInterrupted")
+    events = lab.kube.list(Event, namespace="default")
+    assert any(
+        e.reason == "ProvisioningInterrupted" and e.involvedObject.name == host_name for e in events
+    )
+
+    url, digest = tiny_image
+    lab.kube.patch(
+        HOSTS,
+        host_name,
+        {"spec": {"image": {"url": url, "checksum": digest, "format": "raw"}}},
+        namespace="default",
+        patch_type=PatchType.MERGE,
+    )
+    wait_for(lambda: writing_finished(lab, mac), "the retried image to be written", timeout=120)
+    assert status()["state"] == "provisioning"
 
 
 def test_lab_status_lists_the_running_hosts(lab: RunningLab) -> None:
@@ -256,15 +315,15 @@ def test_an_os_is_installed_phones_home_and_is_wiped_again(lab: RunningLab) -> N
         )
     )
     images = lab.folder / "files" / "images"
-    checksum = (images / "debian-12.raw.gz.sha256").read_text().split()[0]
-    url = f"http://{lab.subnet.network_address + 1}:8080/files/images/debian-12.raw.gz"
+    checksum = (images / "debian-12.raw.lzo.sha256").read_text().split()[0]
+    url = f"http://{lab.subnet.network_address + 1}:8080/files/images/debian-12.raw.lzo"
     started = time.monotonic()
     lab.kube.patch(
         HOSTS,
         host_name,
         {
             "spec": {
-                "image": {"url": url, "checksum": checksum, "format": "raw-gzip"},
+                "image": {"url": url, "checksum": checksum, "format": "raw-lzop"},
                 "userData": {"name": "bootstrap-e2e"},
             }
         },
@@ -295,12 +354,11 @@ def test_an_os_is_installed_phones_home_and_is_wiped_again(lab: RunningLab) -> N
     disk = lab.folder / "vms" / f"{name}.qcow2"
     assert mbr_signature(disk) == b"\x55\xaa"
 
-    # Release: take the image away and reboot the host (what a BMC will do): the agent wipes it.
+    # Release: take the image away; the controller power-cycles the host through its BMC into
+    # the agent, which wipes it.
     lab.kube.patch(
         HOSTS, host_name, {"spec": {"image": None}}, namespace="default", patch_type=PatchType.MERGE
     )
     wait_for(lambda: state() == "deprovisioning", "deprovisioning", timeout=30)
-    uri = f"qemu:///system?socket={lab.folder / 'hv' / 'libvirt' / 'run' / 'libvirt-sock'}"
-    subprocess.run(["virsh", "-c", uri, "reset", name], check=True, capture_output=True)
     wait_for(lambda: state() == "available", "the wipe", timeout=180)
     assert mbr_signature(disk) != b"\x55\xaa", "the wiped disk would still boot"

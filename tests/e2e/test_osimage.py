@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ pytestmark = pytest.mark.e2e
 
 BOOT_TIMEOUT_S = 180
 GUEST_MAC = "52:54:00:12:34:56"
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 FINISHED = re.compile(r"Cloud-init v\. \S+ finished at")
 
 
@@ -76,21 +79,40 @@ class _Booter:
         self.boots: list[Boot] = []
         self.disks: list[Path] = []
 
-    def __call__(self, user_data: str, network_config: str | None = None) -> Boot:
+    def __call__(
+        self,
+        user_data: str,
+        network_config: str | None = None,
+        uefi: bool = False,
+        disk_bytes: int | None = None,
+    ) -> Boot:
         disk = self.folder / f"disk-{len(self.boots)}.raw"
         subprocess.run(["cp", "--sparse=always", str(self.image.path), str(disk)], check=True)
+        if disk_bytes:
+            os.truncate(disk, disk_bytes)  # a host's disk is bigger than the image
         self.disks.append(disk)
         hostname = f"plunder-{secrets.token_hex(3)}"
         meta_data = f"instance-id: i-{secrets.token_hex(8)}\nlocal-hostname: {hostname}\n"
         osimage.write_nocloud_seed(disk, meta_data, user_data, network_config)
         serial_log = self.folder / f"serial-{len(self.boots)}.log"
+        firmware: list[str] = []
+        if uefi:
+            variables = self.folder / f"vars-{len(self.boots)}.fd"
+            shutil.copyfile(OVMF_VARS, variables)
+            firmware = [
+                "-drive",
+                f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                "-drive",
+                f"if=pflash,format=raw,unit=1,file={variables}",
+            ]
         argv = [
             "qemu-system-x86_64",
             "-nodefaults",
             "-accel",
             "tcg",
             "-machine",
-            "pc,graphics=off",
+            "q35,graphics=off" if uefi else "pc,graphics=off",
+            *firmware,
             "-m",
             "1024",
             "-smp",
@@ -174,3 +196,20 @@ def test_a_seed_network_config_replaces_dhcp(boot_seeded: _Booter) -> None:
     assert re.search(r"\d+: prov0\s+inet 10\.0\.2\.77/24", after_marker), after_marker[-2000:]
     assert "10.0.2.15" not in after_marker  # the DHCP lease of the fallback is gone
     assert "default via 10.0.2.2 dev prov0" in after_marker
+
+
+def test_uefi_firmware_boots_it_from_its_esp_and_the_root_grows_over_the_disk(
+    boot_seeded: _Booter,
+) -> None:
+    marker = f"PLUNDER-MARKER-{secrets.token_hex(6)}"
+    user_data = marker_user_data(marker, "df -B1M --output=size,target /")
+    boot = boot_seeded(user_data, uefi=True, disk_bytes=2 << 30)
+    deadline = boot.started + BOOT_TIMEOUT_S
+    to_marker = boot.seconds_until(re.compile(re.escape(marker)), deadline)
+    print(f"\nUEFI: QEMU start → runcmd marker {to_marker:.1f} s")
+    root_size = re.compile(r"^\s*(\d+)\s+/\s*$", re.MULTILINE)
+    boot.seconds_until(root_size, deadline)  # df's line follows the marker
+    size = root_size.search(boot.console()[boot.console().index(marker) :])
+    assert size
+    image_mib = boot_seeded.image.size_bytes >> 20
+    assert int(size.group(1)) > 1800 > image_mib, "growpart/resizefs did not grow the root"

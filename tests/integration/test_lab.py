@@ -70,7 +70,8 @@ def test_lab_up_status_down(tmp_path: Path) -> None:
 
         status = plunderctl("lab", "status", "--dir", str(lab_dir))
         assert status.returncode == 0
-        assert status.stdout.count("running") == 3
+        # etcd, kube-apiserver, the controller and Cluster API's three managers.
+        assert status.stdout.count("running") == 6
         pids = [
             int((lab_dir / f"{name}.pid").read_text())
             for name in ("etcd", "kube-apiserver", "controller")
@@ -78,7 +79,10 @@ def test_lab_up_status_down(tmp_path: Path) -> None:
     finally:
         down = plunderctl("lab", "down", "--dir", str(lab_dir))
     assert down.returncode == 0
-    assert "stopped: controller, kube-apiserver, etcd" in down.stdout
+    assert (
+        "stopped: controller, capi-manager, kubeadm-bootstrap-manager, "
+        "kubeadm-control-plane-manager, kube-apiserver, etcd" in down.stdout
+    )
     assert not any(processes.is_running(pid) for pid in pids)
     assert not lab_dir.exists()
     assert plunderctl("lab", "status", "--dir", str(lab_dir)).returncode == 3

@@ -33,10 +33,10 @@ def host(state: str | None, generation: int = 1, observed: int = 1, **spec: Any)
 
 
 def test_booting_the_agent_starts_inspection_of_a_new_host() -> None:
-    status = hoststate.booted_agent(host("discovered"), "b2", NOW)
+    status = hoststate.booted_agent(host("discovered"), "b2", NOW).status or {}
     assert status["state"] == "inspecting" and status["agentBootID"] == "b2"
     assert status["phases"] == [{"name": "inspecting", "started": "2026-11-25T12:00:00.000Z"}]
-    assert "state" not in hoststate.booted_agent(host("available"), "b3", NOW)
+    assert "state" not in (hoststate.booted_agent(host("available"), "b3", NOW).status or {})
 
 
 def test_inspection_makes_the_host_available_with_its_hardware() -> None:
@@ -107,6 +107,58 @@ def test_phoning_home_finishes_provisioning_and_says_how_long_it_took() -> None:
         "Host has been successfully provisioned OS in 41s",
         "Normal",
     )
+
+
+def with_status(base: PlunderHost, **status: Any) -> PlunderHost:
+    assert base.status is not None
+    return PlunderHost.model_validate(
+        {**base.to_api(), "status": {**base.status.to_api(), **status}}
+    )
+
+
+def test_the_write_is_recorded_with_its_bytes_and_the_disks_speed() -> None:
+    provisioning = host("provisioning", image=IMAGE)
+    begun = hoststate.agent_progress(
+        provisioning, {"phase": "writing", "disk_bps": "52428800"}, NOW
+    )
+    assert begun.status is not None
+    assert begun.status["phases"][-1]["diskBytesPerSecond"] == 52428800
+    writing = with_status(provisioning, phases=begun.status["phases"])
+    done = hoststate.agent_progress(writing, {"phase": "done", "bytes": "1048576"}, NOW)
+    assert done.status is not None
+    (phase,) = [p for p in done.status["phases"] if p["name"] == "writing"]
+    assert phase["bytes"] == 1048576 and phase["finished"] == "2026-11-25T12:00:00.000Z"
+
+
+def test_a_restart_in_the_middle_of_the_write_fails_the_host_with_a_condition() -> None:
+    started = [
+        {"name": "provisioning", "started": "2026-11-25T11:59:00Z"},
+        {"name": "writing", "started": "2026-11-25T11:59:10Z"},
+    ]
+    interrupted = with_status(host("provisioning", image=IMAGE), phases=started)
+    change = hoststate.booted_agent(interrupted, "b2", NOW)
+    status = change.status or {}
+    assert change.event is not None and change.event[:1] == ("ProvisioningInterrupted",)
+    assert (status["state"], status["errorReason"]) == ("error", "ProvisioningInterrupted")
+    assert status["agentBootID"] == "b2"
+    (condition,) = status["conditions"]
+    assert condition["type"] == "Provisioned" and condition["status"] == "False"
+    assert condition["reason"] == "ProvisioningInterrupted"
+    # Before the write began, a restart is part of the plan (a BMC sends the host to the agent).
+    not_yet = with_status(host("provisioning", image=IMAGE), phases=started[:1])
+    assert "state" not in (hoststate.booted_agent(not_yet, "b3", NOW).status or {})
+
+
+def test_the_provisioned_condition_follows_the_host() -> None:
+    begun = hoststate.controller_transition(host("available", image=IMAGE), NOW).status
+    assert begun is not None and begun["conditions"][0]["reason"] == "Provisioning"
+    provisioning = with_status(
+        host("provisioning", image=IMAGE), phases=begun["phases"], conditions=begun["conditions"]
+    )
+    done = hoststate.phoned_home(provisioning, NOW + timedelta(seconds=5)).status
+    assert done is not None
+    (condition,) = done["conditions"]
+    assert (condition["status"], condition["reason"]) == ("True", "Provisioned")
 
 
 def test_taking_the_work_away_deprovisions_and_a_wipe_makes_it_available() -> None:

@@ -33,12 +33,12 @@ def test_a_complete_cached_image_is_not_rebuilt(
     raw = osimage.image_path()
     raw.parent.mkdir(parents=True)
     raw.write_bytes(b"disk")
-    gz = osimage.compressed_path(raw)
-    gz.write_bytes(b"packed")
-    osimage.checksum_path(raw).write_text(osimage.render_checksum("a" * 64, raw))
-    osimage.checksum_path(gz).write_text(osimage.render_checksum("b" * 64, gz))
+    gz, lzo = osimage.compressed_path(raw), osimage.lzop_path(raw)
+    for path, digit in ((raw, "a"), (gz, "b"), (lzo, "c")):
+        path.write_bytes(b"disk")
+        osimage.checksum_path(path).write_text(osimage.render_checksum(digit * 64, path))
     image = osimage.build_os_image()
-    assert image == osimage.OSImage(raw, gz, "a" * 64, 4, "b" * 64)
+    assert image == osimage.OSImage(raw, gz, lzo, "a" * 64, 4, "b" * 64, "c" * 64)
 
 
 def test_checksum_sidecars_read_as_sha256sum_writes_them() -> None:
@@ -133,27 +133,54 @@ def test_the_mirror_can_be_set_from_the_environment(
         osimage.debian_mirror(tmp_path)
 
 
-def test_the_mbr_has_one_bootable_partition_at_1_mib() -> None:
-    entry = osimage.mbr_partition_entry(2048, 4096)
-    mbr = osimage.render_mbr(b"\xeb\xfe", entry, 0x12345678)
+def test_the_mbr_has_the_bootable_root_first_and_the_esp_second() -> None:
+    root = osimage.mbr_partition_entry(osimage.PARTITION_START_SECTOR, 4096)
+    esp = osimage.mbr_partition_entry(
+        osimage.ESP_START_SECTOR, osimage.ESP_SECTORS, osimage.ESP_TYPE, bootable=False
+    )
+    mbr = osimage.render_mbr(b"\xeb\xfe", [root, esp], 0x12345678)
     assert len(mbr) == 512
     assert mbr[:2] == b"\xeb\xfe"
     assert mbr[440:444] == bytes.fromhex("78563412")
-    assert mbr[446] == 0x80  # bootable
-    assert mbr[450] == 0x83  # Linux
-    assert osimage.partition_offset(mbr) == 1 << 20
+    assert (mbr[446], mbr[450]) == (0x80, 0x83)  # slot 1: bootable Linux (syslinux's mbr.bin)
+    assert (mbr[462], mbr[466]) == (0x00, 0xEF)  # slot 2: the EFI system partition
+    assert osimage.partition_offset(mbr) == 16 << 20
+    assert osimage.partition_offset(mbr, 2) == 1 << 20
     with pytest.raises(osimage.ImageBuildError, match="empty"):
-        osimage.partition_offset(mbr, 2)
+        osimage.partition_offset(mbr, 3)
     with pytest.raises(osimage.ImageBuildError, match="0x55AA"):
         osimage.partition_offset(bytes(512))
     with pytest.raises(osimage.ImageBuildError):
-        osimage.render_mbr(bytes(441), entry, 0)
+        osimage.render_mbr(bytes(441), [root], 0)
+    with pytest.raises(osimage.ImageBuildError, match="four"):
+        osimage.render_mbr(b"", [root] * 5, 0)
 
 
-def test_the_filesystem_fills_the_disk_after_the_partition_start() -> None:
-    blocks = osimage.root_filesystem_blocks()
+def test_grub_on_the_esp_boots_what_extlinux_boots() -> None:
+    text = osimage.grub_config()
+    assert f"search --no-floppy --label --set=root {osimage.ROOT_LABEL}" in text
+    assert f"linux /vmlinuz {osimage.KERNEL_CMDLINE}" in text
+    assert "initrd /initrd.img" in text
+
+
+def test_the_disk_is_as_small_as_its_files_and_the_filesystem_fills_it() -> None:
+    used = 300 << 20
+    disk = osimage.disk_bytes_for(used)
+    assert disk % (16 << 20) == 0
+    assert used + osimage.FREE_BYTES < disk < used * 1.2 + osimage.FREE_BYTES + (17 << 20)
+    blocks = osimage.root_filesystem_blocks(disk)
     start = osimage.PARTITION_START_SECTOR * osimage.SECTOR_BYTES
-    assert start + blocks * osimage.BLOCK_BYTES == osimage.DISK_BYTES
+    assert start + blocks * osimage.BLOCK_BYTES == disk
+
+
+def test_tree_usage_counts_blocks_not_bytes(tmp_path: Path) -> None:
+    (tmp_path / "small").write_bytes(b"x")
+    (tmp_path / "big").write_bytes(bytes(5000))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "link").symlink_to("small")
+    used, entries = osimage.tree_usage(tmp_path)
+    assert entries == 4
+    assert used == 4096 + 8192 + 4096  # the short symlink lives in its inode
 
 
 def test_debugfs_writes_each_seed_file_from_inside_the_seed_folder() -> None:
@@ -185,16 +212,16 @@ def small_disk(tmp_path: Path) -> Path:
     tree = tmp_path / "tree"
     (tree / osimage.SEED_DIR.relative_to("/")).mkdir(parents=True)
     disk = tmp_path / "disk.raw"
-    sectors = (16 << 20) // osimage.SECTOR_BYTES
+    sectors = (32 << 20) // osimage.SECTOR_BYTES
     start = osimage.PARTITION_START_SECTOR
     with disk.open("wb") as file:
-        file.truncate(16 << 20)
+        file.truncate(32 << 20)
         entry = osimage.mbr_partition_entry(start, sectors - start)
-        file.write(osimage.render_mbr(b"", entry, 1))
+        file.write(osimage.render_mbr(b"", [entry], 1))
     offset = start * osimage.SECTOR_BYTES
     subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-b", "4096", "-E", f"offset={offset}", "-d", str(tree)]
-        + [str(disk), str(((16 << 20) - offset) // 4096)],
+        + [str(disk), str(((32 << 20) - offset) // 4096)],
         check=True,
         capture_output=True,
     )

@@ -183,7 +183,7 @@ class LabelSelector(KubeModel):
 
 
 ChecksumType = Literal["sha256", "sha512"]
-ImageFormat = Literal["raw", "raw-gzip", "raw-xz", "qcow2"]
+ImageFormat = Literal["raw", "raw-gzip", "raw-xz", "raw-lzop", "qcow2"]
 DeploymentType = Literal["preseed", "kickstart"]
 
 
@@ -223,7 +223,8 @@ class Image(KubeModel):
     checksum_type: ChecksumType = "sha256"
     """The digest's algorithm: sha256 or sha512."""
     format: ImageFormat = "raw"
-    """How the image is stored: raw, raw-gzip, raw-xz or qcow2."""
+    """How the image is stored: raw, or raw compressed with gzip, xz or lzop (lzop costs the
+    agent the least CPU: the fastest to provision where CPU is scarce, as under emulation)."""
 
 
 class StaticNetwork(KubeModel):
@@ -272,3 +273,7 @@ class Phase(KubeModel):
     """When it began."""
     finished: datetime | None = None
     """When it ended; empty while it runs."""
+    bytes: int | None = Field(default=None, ge=0)
+    """What the phase wrote to disk, in bytes (the image, for ``writing``)."""
+    disk_bytes_per_second: int | None = Field(default=None, ge=0)
+    """The disk's direct-write speed, measured by the agent just before ``writing``."""

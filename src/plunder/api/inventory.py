@@ -9,7 +9,7 @@ by resourceVersion, so two machines never get one host.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -64,6 +64,10 @@ class BMC(KubeModel):
     """Skip TLS certificate verification of the BMC. Off by default; only for lab BMCs."""
 
 
+SSHPublicKey = Annotated[str, Field(max_length=4096)]
+"""One OpenSSH public key line (validated by the CEL rule on the field that uses it)."""
+
+
 class RootDeviceHints(KubeModel):
     """Which disk to install on, when a host has several; all given hints must match."""
 
@@ -112,6 +116,19 @@ class PlunderHostSpec(KubeModel):
     """The Secret whose ``value`` (and ``format``) is the cloud-init bootstrap data."""
     network: StaticNetwork | None = None
     """A static address for the installed OS."""
+    ssh_authorized_keys: list[SSHPublicKey] | None = Field(
+        default=None,
+        max_length=32,
+        json_schema_extra=validations(
+            cel(
+                r"self.all(k, k.matches("
+                r"'^[a-z0-9@.-]+ [A-Za-z0-9+/=]+( [^\\x22\\\\\\x00-\\x1f]*)?$'))",
+                "spec.sshAuthorizedKeys must be OpenSSH public keys, one per item "
+                "(type, base64 key, optional comment without quotes or backslashes)",
+            )
+        ),
+    )
+    """Public keys for root's ``authorized_keys`` on a preseed or kickstart install."""
     root_device_hints: RootDeviceHints | None = None
     """Which disk to install on."""
     wipe_mode: Literal["metadata", "full"] = "metadata"

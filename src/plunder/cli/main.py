@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 import click
 import httpx2 as httpx
@@ -115,6 +116,13 @@ def lab() -> None:
     help="The boot service's address on the provisioning network, with prefix.",
 )
 @click.option("--dhcp", type=click.Choice(["full", "proxy"]), default="full", show_default=True)
+@click.option(
+    "--firmware",
+    type=click.Choice(["mixed", "bios", "uefi"]),
+    default="mixed",
+    show_default=True,
+    help="The hosts' firmware; mixed: every third host boots UEFI.",
+)
 def lab_up(
     lab_dir: Path | None,
     apiserver_port: int,
@@ -124,6 +132,7 @@ def lab_up(
     netns: str,
     ipv4: str,
     dhcp: str,
+    firmware: Literal["mixed", "bios", "uefi"],
 ) -> None:
     """Start the lab and say how to use it."""
     from plunder.lab import lab as lab_module
@@ -137,6 +146,7 @@ def lab_up(
         netns=netns,
         ipv4=ipv4,
         dhcp=dhcp,
+        firmware=firmware,
     )
     try:
         info = lab_module.up(folder, options)
@@ -148,11 +158,16 @@ def lab_up(
     if info.boot_url:
         console.print(f"Boot service: {info.boot_url} (namespace {netns})", soft_wrap=True)
         console.print(f"Hosts network-booting: {', '.join(info.hosts)}", soft_wrap=True)
+        walkthrough = folder / "examples" / "simple"
+        console.print(
+            f"The walkthrough (with this image's checksum): {walkthrough}/", soft_wrap=True
+        )
     console.print("Point kubectl and plunderctl at it:")
     exports = f"export KUBECONFIG={info.kubeconfig} PATH={info.bin_dir}:$PATH"
     console.print(f"  {exports}", soft_wrap=True)
     console.print("  plunderctl get unleased      # the hosts appear within seconds of booting")
     console.print("  kubectl get plunderhosts")
+    console.print("  clusterctl describe cluster cluster-plunder --show-conditions all")
     console.print("Stop it with: plunderctl lab down")
 
 
@@ -239,11 +254,31 @@ def image_build(force: bool) -> None:
     )
 
 
+@cli.group()
+def installer() -> None:
+    """The distribution installers hosts boot for deploymentType preseed or kickstart."""
+
+
+@installer.command("build")
+@click.option("--force", is_flag=True, help="Fetch again even if cached.")
+def installer_build(force: bool) -> None:
+    """Fetch (once, cached by version) the Debian installer's netboot kernel and initrd."""
+    from plunder.lab.installer import PACKAGE, PACKAGE_VERSION, build_debian_installer
+
+    built = build_debian_installer(force=force)
+    console.print(
+        f"{PACKAGE} {PACKAGE_VERSION}\n  kernel: {built.kernel}\n  initrd: {built.initrd}",
+        soft_wrap=True,
+    )
+
+
 def main() -> None:
     """The console script's entry point."""
-    from plunder.cli import boot, hosts
+    from plunder.cli import boot, hosts, power, release
 
     cli.add_command(boot.boot)
+    cli.add_command(power.power)
+    cli.add_command(release.release)
     cli.add_command(hosts.get)
     cli.add_command(hosts.describe)
     try:

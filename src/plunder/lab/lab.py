@@ -1,7 +1,8 @@
 """The lab: everything this project runs, on one machine, for a person to try and for CI.
 
 ``up`` starts, in order: the management plane (etcd + kube-apiserver) with our CRDs and Cluster
-API's (so the examples apply); the controller; the provisioning network (a namespace with a
+API's, and Cluster API's controllers (core, kubeadm bootstrap and control plane, webhooks
+served), so the examples come alive; the controller; the provisioning network (a namespace with a
 bridge); the boot service on it; a private libvirt; and N blank virtual bare-metal hosts that
 PXE-boot and appear as unleased PlunderHosts. Each process is recorded in the lab folder, with
 the facts ``down`` needs in ``lab.json``, so ``down`` (another process) stops it all and removes
@@ -18,16 +19,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
+from typing import Literal
 
 from plunder.agent.build import build_agent
 from plunder.boot import netns
 from plunder.k8s import client as k8s_client
 from plunder.k8s import crds
-from plunder.lab import binaries, hypervisor, network, processes, vms
+from plunder.lab import binaries, bmc, capi, hypervisor, network, processes, vms, walkthrough
+from plunder.lab.installer import build_debian_installer
 from plunder.lab.osimage import build_os_image
 from plunder.lab.plane import PlanePorts, start_plane
 
-COMPONENTS = ("boot", "controller", "kube-apiserver", "etcd")  # the order they are stopped in
+# The order they are stopped in.
+COMPONENTS = ("boot", "controller", *capi.PROGRAMS, "kube-apiserver", "etcd")
 LAB_FACTS = "lab.json"
 HOSTS_FACTS = "hosts.json"
 HOST_MACS = ("00:50:56:a5:11:20", "00:50:56:a5:b5:f1", "00:50:56:a5:c3:07")
@@ -39,12 +43,15 @@ def default_lab_dir() -> Path:
     return Path(os.environ.get("PLUNDER_LAB_DIR", Path.home() / ".plunder" / "lab"))
 
 
-def host_specs(count: int) -> list[vms.VMSpec]:
-    """``count`` blank hosts; every third one boots UEFI, the others legacy BIOS."""
+FirmwareMix = Literal["mixed", "bios", "uefi"]
+
+
+def host_specs(count: int, mix: FirmwareMix = "mixed") -> list[vms.VMSpec]:
+    """``count`` blank hosts; ``mixed``: every third one boots UEFI, the others legacy BIOS."""
     specs = []
     for i in range(count):
         mac = HOST_MACS[i] if i < len(HOST_MACS) else f"52:54:00:a5:00:{i:02x}"
-        firmware: vms.Firmware = "uefi" if i % 3 == 2 else "bios"
+        firmware: vms.Firmware = ("uefi" if i % 3 == 2 else "bios") if mix == "mixed" else mix
         # Two vCPUs: QEMU runs each on its own thread (multi-threaded TCG), so the agent's
         # download | check | gunzip | write pipeline runs in parallel. Measured here: the 1 GiB
         # image was written in 104 s instead of 190 s, and provisioned in 146 s instead of 231 s.
@@ -64,6 +71,7 @@ class LabOptions:
     ipv6: str = "fd00:99::1/64"
     boot_port: int = 8080
     dhcp: str = "full"
+    firmware: FirmwareMix = "mixed"
 
 
 @dataclass(frozen=True)
@@ -113,13 +121,15 @@ def up(lab_dir: Path, options: LabOptions) -> LabInfo:
     """Start the lab; on any failure, stop what was started."""
     _check_free(lab_dir, options)
     shutil.rmtree(lab_dir, ignore_errors=True)
-    bin_dir = binaries.link_dir(binaries.ensure_binaries(binaries.PLANE_PROGRAMS))
+    bin_dir = binaries.link_dir(binaries.ensure_binaries((*binaries.PLANE_PROGRAMS, "clusterctl")))
     plane = start_plane(lab_dir, options.ports)
     (lab_dir / LAB_FACTS).write_text(json.dumps(asdict(options), default=str))
     try:
         client = k8s_client.sync_client(plane.kubeconfig)
         installed = crds.install_plunder_crds(client)
         crds.install_crd_files(client, binaries.cluster_api_crd_files())
+        # Cluster API core + kubeadm bootstrap + control plane, so the examples come alive.
+        capi.start_cluster_api(client, plane.kubeconfig, plane.pki, lab_dir)
         controller = processes.start(
             "controller",
             [
@@ -156,6 +166,10 @@ def _start_hosts(lab_dir: Path, options: LabOptions, kubeconfig: Path) -> tuple[
     files = lab_dir / "files"
     publish_agent(files)
     publish_os_image(files)
+    walkthrough.write_examples(
+        lab_dir / "examples", files / "images" / f"{OS_IMAGE_NAME}.gz.sha256"
+    )
+    publish_installer(files)
     net = network.create_network(options.netns, options.ipv4, options.ipv6)
     address = net.ipv4_address
     boot = processes.start(
@@ -195,13 +209,14 @@ def _start_hosts(lab_dir: Path, options: LabOptions, kubeconfig: Path) -> tuple[
     )
     libvirt = hypervisor.Hypervisor.start(net, lab_dir / "hv")
     names, started = [], []
-    for spec in host_specs(options.hosts):
+    for spec in host_specs(options.hosts, options.firmware):
         vms.define(libvirt.uri, spec, net.bridge, lab_dir / "vms")
         vms.start(libvirt.uri, spec.name)
         started.append({**asdict(spec), "powered_on": time.time()})
         names.append(f"{spec.name} ({spec.firmware}, {spec.mac})")
     # When each host was powered on: what boot-to-discovered times are measured from.
     (lab_dir / HOSTS_FACTS).write_text(json.dumps(started, indent=1))
+    bmc.start_lab_bmcs(lab_dir, libvirt.uri, started, kubeconfig)  # one BMC per host
     return boot_url, names
 
 
@@ -226,17 +241,28 @@ def publish_agent(files: Path) -> None:
     _publish(agent.initrd, files / "agent" / "initrd.img")
 
 
+def publish_installer(files: Path) -> None:
+    """Fetch (once) Debian's installer and serve it as files/installer/debian/{linux,initrd.gz}."""
+    built = build_debian_installer()
+    _publish(built.kernel, files / "installer" / "debian" / "linux")
+    _publish(built.initrd, files / "installer" / "debian" / "initrd.gz")
+
+
 OS_IMAGE_NAME = "debian-12.raw"
 
 
 def publish_os_image(files: Path) -> None:
-    """Build (once) the OS image; serve it raw and gzipped, each with its sha256 beside it."""
+    """Build (once) the OS image; serve it raw, gzipped and lzop'd, each with its sha256."""
     built = build_os_image()
     images = files / "images"
-    _publish(built.path, images / OS_IMAGE_NAME)
-    _publish(built.gz_path, images / f"{OS_IMAGE_NAME}.gz")
-    (images / f"{OS_IMAGE_NAME}.sha256").write_text(f"{built.sha256}  {OS_IMAGE_NAME}\n")
-    (images / f"{OS_IMAGE_NAME}.gz.sha256").write_text(f"{built.sha256_gz}  {OS_IMAGE_NAME}.gz\n")
+    for source, suffix, digest in (
+        (built.path, "", built.sha256),
+        (built.gz_path, ".gz", built.sha256_gz),
+        (built.lzo_path, ".lzo", built.sha256_lzo),
+    ):
+        name = OS_IMAGE_NAME + suffix
+        _publish(source, images / name)
+        (images / f"{name}.sha256").write_text(f"{digest}  {name}\n")
 
 
 def _recorded_options(lab_dir: Path) -> LabOptions | None:
@@ -251,7 +277,7 @@ def _recorded_options(lab_dir: Path) -> LabOptions | None:
 def down(lab_dir: Path, remove: bool = True) -> list[str]:
     """Stop the hosts and every recorded process; remove the namespace and the lab folder."""
     options = _recorded_options(lab_dir)
-    stopped = []
+    stopped = ["bmcs"] if bmc.stop_bmcs(lab_dir / "bmc") else []
     if (lab_dir / "hv").exists():
         hypervisor.stop_hypervisor(lab_dir / "hv")
         stopped.append("hosts")
@@ -269,7 +295,8 @@ def down(lab_dir: Path, remove: bool = True) -> list[str]:
 
 def status(lab_dir: Path) -> dict[str, int | None]:
     """Each component's pid, or None where it does not run."""
-    return {name: processes.recorded_pid(lab_dir, name) for name in reversed(COMPONENTS)}
+    components = {name: processes.recorded_pid(lab_dir, name) for name in reversed(COMPONENTS)}
+    return components | bmc.bmc_states(lab_dir / "bmc")
 
 
 def host_states(lab_dir: Path) -> dict[str, str]:

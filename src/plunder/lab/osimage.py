@@ -11,11 +11,14 @@ Why it is built this way (measured under TCG; see the lab findings):
 - **debootstrap, not a cloud image download**: the only thing fetched is Debian packages, from
   the mirror apt already uses, so the build is reproducible from the project alone.
 - **The generic kernel, pruned**: ``linux-image-cloud-amd64`` has neither ``e1000`` nor
-  ``e1000e``, the NIC lab hosts carry (its iPXE ROM boots BIOS and UEFI alike), so the cloud
-  kernel would leave a lab host without network. The generic kernel's modules for hardware a
-  server never has (GPUs, Wi-Fi, sound, media, InfiniBand, staging) are deleted instead.
+  ``e1000e``, which real servers and QEMU's default NIC need, so the generic kernel is kept and
+  only the driver folders a server has are (:data:`KEPT_MODULE_DIRS`): its modules were half
+  of the image.
 - **A filesystem made from a directory** (``mkfs.ext4 -d``), written straight into the partition
-  of a sparse 1 GiB disk: no loop device for the copy. extlinux is the one step that needs the
+  of a sparse disk just big enough for it (about 400 MiB): no loop device for the copy. Every
+  byte of the raw image, zeros too, is written to each host's disk, so the image is as small as
+  its files; cloud-init's ``growpart`` and ``resizefs`` grow the root over the host's whole disk
+  at first boot. extlinux is the one step that needs the
   filesystem mounted (it records the sectors of ``ldlinux.sys``), so the filesystem is made
   without ``64bit`` and ``metadata_csum``, which extlinux 6.04 cannot read.
 - **Two cloud-init processes instead of four**: each stage is a Python start-up that costs 3–9 s
@@ -64,7 +67,7 @@ from plunder.lab import binaries
 
 log = logging.getLogger(__name__)
 
-IMAGE_VERSION = "2"
+IMAGE_VERSION = "6"
 """Bump whenever the recipe below changes: the version is part of the cached file's name."""
 
 SUITE = "bookworm"
@@ -89,10 +92,15 @@ PACKAGES = (
 )
 """What debootstrap installs on top of ``minbase`` (cloud-init brings isc-dhcp-client itself)."""
 
-DISK_BYTES = 1 << 30
 SECTOR_BYTES = 512
-PARTITION_START_SECTOR = 2048
-"""The root partition starts at 1 MiB, as partitioning tools align it."""
+ESP_START_SECTOR = 2048
+"""The EFI system partition starts at 1 MiB, as partitioning tools align it."""
+ESP_SECTORS = (15 << 20) // SECTOR_BYTES
+PARTITION_START_SECTOR = ESP_START_SECTOR + ESP_SECTORS
+"""The root partition follows the ESP at 16 MiB. It is the disk's last partition, so cloud-init
+can grow it, and the first MBR slot, so it stays ``/dev/vda1`` (the ESP is slot 2)."""
+ESP_TYPE = 0xEF
+GRUB_EFI_MODULES = Path("/usr/lib/grub/x86_64-efi")
 
 BLOCK_BYTES = 4096
 ROOT_DEVICE = "/dev/vda1"
@@ -137,37 +145,57 @@ MASKED_UNITS = (
     "ldconfig.service",
 )
 
-PRUNED_MODULE_DIRS = (
-    "drivers/gpu",
-    "drivers/media",
-    "drivers/net/wireless",
-    "drivers/net/can",
-    "drivers/net/wan",
-    "drivers/net/hamradio",
-    "drivers/net/ieee802154",
-    "drivers/infiniband",
-    "drivers/staging",
-    "drivers/bluetooth",
-    "drivers/iio",
-    "drivers/isdn",
-    "drivers/nfc",
-    "drivers/atm",
-    "drivers/mtd",
-    "drivers/w1",
-    "drivers/input/touchscreen",
-    "drivers/input/joystick",
-    "drivers/input/tablet",
-    "sound",
-    "net/wireless",
-    "net/mac80211",
-    "net/bluetooth",
-    "net/nfc",
-    "net/can",
-    "net/atm",
-    "net/mac802154",
-    "net/ieee802154",
-)
-"""Kernel module folders for hardware a server does not have (relative to ``kernel/``)."""
+KEPT_MODULE_DIRS = {
+    "": ("arch", "block", "crypto", "drivers", "fs", "lib", "mm", "net", "virt"),
+    "drivers": (
+        "virtio",
+        "block",
+        "nvme",
+        "ata",
+        "scsi",
+        "md",
+        "net",
+        "char",
+        "acpi",
+        "crypto",
+        "firmware",
+        "pci",
+        "base",
+        "edac",
+        "hwmon",
+        "i2c",
+        "watchdog",
+    ),
+    "drivers/net": ("ethernet", "bonding", "team", "vxlan", "ipvlan"),
+    "drivers/net/ethernet": ("intel", "broadcom", "mellanox"),
+    "drivers/scsi": (),
+    "net": (
+        "bridge",
+        "core",
+        "ipv4",
+        "ipv6",
+        "netfilter",
+        "sched",
+        "8021q",
+        "802",
+        "llc",
+        "xfrm",
+        "key",
+        "vmw_vsock",
+        "openvswitch",
+        "sctp",
+        "tls",
+        "unix",
+        "packet",
+        "wireguard",
+    ),
+    "fs": ("ext4", "jbd2", "overlayfs", "fat", "nls", "fuse", "isofs", "xfs", "nfs", "nfs_common"),
+}
+"""Which folders stay under each module folder (relative to ``kernel/``): the drivers a server
+or a lab VM has (virtio, Intel/Broadcom/Mellanox NICs, SATA/NVMe/SCSI disks), the file systems a
+Kubernetes node mounts, and every top-level module file (veth, vxlan, tun, bridge helpers); all
+other subfolders go. Sound, Wi-Fi, Bluetooth, GPUs, media, USB, HBAs of every vendor and exotic
+file systems were over half of the image's bytes."""
 
 TRIMMED_PATHS = (
     "usr/share/doc",
@@ -179,6 +207,8 @@ TRIMMED_PATHS = (
     "var/cache/apt/srcpkgcache.bin",
     "var/lib/apt/lists",
     "var/log/bootstrap.log",
+    "usr/share/i18n",
+    "usr/lib/udev/hwdb.d",  # the sources of hwdb.bin, which is already built
     "var/lib/systemd/random-seed",
     "debootstrap",
 )
@@ -188,6 +218,11 @@ BUILD_PROGRAMS = {
     "debootstrap": "debootstrap",
     "chroot": "coreutils",
     "mkfs.ext4": "e2fsprogs",
+    "lzop": "lzop",
+    "grub-mkstandalone": "grub-common",
+    "mkfs.fat": "dosfstools",
+    "mmd": "mtools",
+    "mcopy": "mtools",
     "debugfs": "e2fsprogs",
     "extlinux": "extlinux",
     "mount": "mount",
@@ -210,16 +245,20 @@ class OSImage:
     Attributes:
         path: The raw disk image (sparse).
         gz_path: The same image, gzip-compressed.
+        lzo_path: The same image, lzop-compressed (the least CPU for the agent to unpack).
         sha256: The raw image's SHA-256, hex.
         size_bytes: The raw image's size (what it occupies on the host's disk).
-        sha256_gz: The compressed file's SHA-256, hex.
+        sha256_gz: The gzip file's SHA-256, hex.
+        sha256_lzo: The lzop file's SHA-256, hex.
     """
 
     path: Path
     gz_path: Path
+    lzo_path: Path
     sha256: str
     size_bytes: int
     sha256_gz: str
+    sha256_lzo: str
 
 
 # --- where the image lives ---------------------------------------------------------------------
@@ -233,6 +272,11 @@ def image_path(version: str = IMAGE_VERSION) -> Path:
 def compressed_path(image: Path) -> Path:
     """The gzip-compressed copy beside a raw image."""
     return image.with_name(f"{image.name}.gz")
+
+
+def lzop_path(image: Path) -> Path:
+    """The lzop-compressed copy beside a raw image."""
+    return image.with_name(f"{image.name}.lzo")
 
 
 def checksum_path(artifact: Path) -> Path:
@@ -383,6 +427,21 @@ def extlinux_config(cmdline: str = KERNEL_CMDLINE) -> str:
     )
 
 
+def grub_config(cmdline: str = KERNEL_CMDLINE) -> str:
+    """The GRUB configuration built into the ESP's ``BOOTX64.EFI``: the same boot as extlinux's.
+
+    GRUB reads the kernel from the root filesystem (found by its label) through Debian's
+    symlinks, so the ESP holds only GRUB itself and a kernel upgrade keeps booting.
+    """
+    return (
+        "set timeout=0\n"
+        f"search --no-floppy --label --set=root {ROOT_LABEL}\n"
+        f"linux /vmlinuz {cmdline}\n"
+        "initrd /initrd.img\n"
+        "boot\n"
+    )
+
+
 def fstab() -> str:
     """``/etc/fstab``: the root filesystem, not checked at boot (the image is written fresh)."""
     return f"{ROOT_DEVICE} / ext4 defaults,errors=remount-ro 0 0\n"
@@ -432,25 +491,29 @@ def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
 # --- the disk layout (pure) --------------------------------------------------------------------
 
 
-def mbr_partition_entry(start_sector: int, sectors: int, type_id: int = 0x83) -> bytes:
-    """One 16-byte MBR partition entry, marked bootable, addressed by LBA only.
+def mbr_partition_entry(
+    start_sector: int, sectors: int, type_id: int = 0x83, bootable: bool = True
+) -> bytes:
+    """One 16-byte MBR partition entry, addressed by LBA only.
 
     The CHS fields hold the "beyond CHS" marker; every BIOS since the 1990s (and SeaBIOS, and
-    syslinux's ``mbr.bin``) reads the LBA fields.
+    syslinux's ``mbr.bin``, which boots the partition marked bootable) reads the LBA fields.
     """
     beyond_chs = b"\xfe\xff\xff"
-    return struct.pack("<B3sB3sII", 0x80, beyond_chs, type_id, beyond_chs, start_sector, sectors)
+    flag = 0x80 if bootable else 0
+    return struct.pack("<B3sB3sII", flag, beyond_chs, type_id, beyond_chs, start_sector, sectors)
 
 
-def render_mbr(boot_code: bytes, partition: bytes, disk_signature: int) -> bytes:
-    """A 512-byte MBR: boot code, disk signature, one partition, three empty slots, 0x55AA."""
+def render_mbr(boot_code: bytes, partitions: Sequence[bytes], disk_signature: int) -> bytes:
+    """A 512-byte MBR: boot code, disk signature, up to four partitions, 0x55AA."""
     if len(boot_code) > 440:
         raise ImageBuildError(f"MBR boot code is {len(boot_code)} bytes; at most 440 fit")
+    if len(partitions) > 4:
+        raise ImageBuildError(f"an MBR holds four partitions, not {len(partitions)}")
     return (
         boot_code.ljust(440, b"\0")
         + struct.pack("<IH", disk_signature, 0)
-        + partition
-        + bytes(48)
+        + b"".join(partitions).ljust(64, b"\0")
         + b"\x55\xaa"
     )
 
@@ -470,9 +533,39 @@ def partition_offset(mbr: bytes, number: int = 1) -> int:
     return int(start_sector) * SECTOR_BYTES
 
 
-def root_filesystem_blocks() -> int:
+FREE_BYTES = 64 << 20
+"""Room left in the root filesystem for first boot (cloud-init, logs, the bootstrap data's
+files) before cloud-init's growpart and resizefs grow it over the whole disk."""
+
+DISK_ALIGN_BYTES = 16 << 20
+
+
+def disk_bytes_for(used_bytes: int) -> int:
+    """The raw image's size, rounded up to 16 MiB.
+
+    The partition's start, the files, :data:`FREE_BYTES`, and ext4's own share (journal, inode
+    tables: a tenth). The image is kept this small because every byte of it, zeros too, is
+    written to each host's disk.
+    """
+    needed = PARTITION_START_SECTOR * SECTOR_BYTES + used_bytes * 11 // 10 + FREE_BYTES
+    return -(-needed // DISK_ALIGN_BYTES) * DISK_ALIGN_BYTES
+
+
+def root_filesystem_blocks(disk_bytes: int) -> int:
     """The root filesystem's size in blocks: the whole disk after the partition's start."""
-    return (DISK_BYTES - PARTITION_START_SECTOR * SECTOR_BYTES) // BLOCK_BYTES
+    return (disk_bytes - PARTITION_START_SECTOR * SECTOR_BYTES) // BLOCK_BYTES
+
+
+def tree_usage(tree: Path) -> tuple[int, int]:
+    """(bytes, entries) the tree takes in an ext4 of 4 KiB blocks."""
+    used = entries = 0
+    for folder, dirs, files in os.walk(tree):
+        for name in (*dirs, *files):
+            entries += 1
+            info = os.lstat(os.path.join(folder, name))
+            if not os.path.islink(os.path.join(folder, name)) or info.st_size > 60:
+                used += -(-max(info.st_size, 1) // BLOCK_BYTES) * BLOCK_BYTES
+    return used, entries
 
 
 def debugfs_seed_commands(files: dict[str, Path], removed: Sequence[str]) -> str:
@@ -534,6 +627,8 @@ def missing_build_tools() -> list[str]:
     ]
     if not MBR_CODE.exists():
         missing.append(f"{MBR_CODE} (syslinux-common)")
+    if not (GRUB_EFI_MODULES / "linux.mod").exists():
+        missing.append(f"{GRUB_EFI_MODULES} (grub-efi-amd64-bin)")
     return missing
 
 
@@ -569,20 +664,22 @@ def build_os_image(force: bool = False) -> OSImage:
 
 def load_os_image(path: Path) -> OSImage:
     """The built image at ``path``, with the checksums its sidecars hold."""
-    gz = compressed_path(path)
+    gz, lzo = compressed_path(path), lzop_path(path)
     return OSImage(
         path=path,
         gz_path=gz,
+        lzo_path=lzo,
         sha256=parse_checksum(checksum_path(path).read_text()),
         size_bytes=path.stat().st_size,
         sha256_gz=parse_checksum(checksum_path(gz).read_text()),
+        sha256_lzo=parse_checksum(checksum_path(lzo).read_text()),
     )
 
 
 def _is_complete(target: Path) -> bool:
     """Whether every artifact is there (the raw image is renamed into place last)."""
-    gz = compressed_path(target)
-    return all(p.exists() for p in (target, gz, checksum_path(target), checksum_path(gz)))
+    packed = (compressed_path(target), lzop_path(target))
+    return all(p.exists() and checksum_path(p).exists() for p in (target, *packed))
 
 
 @contextlib.contextmanager
@@ -642,6 +739,7 @@ def _build_into(workspace: Path, target: Path) -> None:
         ("trim", lambda: _trim_tree(tree)),
         ("filesystem", lambda: _make_disk(tree, disk)),
         ("bootloader", lambda: _install_bootloader(disk, workspace / "mnt")),
+        ("uefi bootloader", lambda: _make_esp(disk, workspace)),
         ("compress", lambda: _compress_and_publish(disk, target)),
     )
     for name, step in steps:
@@ -724,10 +822,13 @@ def _enable_cloud_init_without_generator(tree: Path) -> None:
 
 
 def _prune_kernel_modules(tree: Path) -> None:
-    """Delete :data:`PRUNED_MODULE_DIRS` from every installed kernel and redo its module index."""
+    """Keep only :data:`KEPT_MODULE_DIRS` of every installed kernel and redo its module index."""
     for kernel_dir in sorted((tree / "lib/modules").iterdir()):
-        for relative in PRUNED_MODULE_DIRS:
-            shutil.rmtree(kernel_dir / "kernel" / relative, ignore_errors=True)
+        for relative, kept in KEPT_MODULE_DIRS.items():
+            folder = kernel_dir / "kernel" / relative
+            for child in folder.iterdir() if folder.is_dir() else ():
+                if child.is_dir() and child.name not in kept:
+                    shutil.rmtree(child)
         _chroot(tree, "depmod", "-a", kernel_dir.name, what=f"depmod {kernel_dir.name}")
 
 
@@ -747,13 +848,17 @@ def _trim_tree(tree: Path) -> None:
 
 
 def _make_disk(tree: Path, disk: Path) -> None:
-    """A sparse disk: syslinux's MBR, one bootable partition, ext4 made from ``tree``."""
+    """A sparse disk: syslinux's MBR, the root partition (ext4 made from ``tree``), an ESP."""
+    used, entries = tree_usage(tree)
+    disk_bytes = disk_bytes_for(used)
+    log.info("image build: %d MiB of files in a %d MiB disk", used >> 20, disk_bytes >> 20)
     with disk.open("wb") as file:
-        file.truncate(DISK_BYTES)
-        sectors = DISK_BYTES // SECTOR_BYTES - PARTITION_START_SECTOR
-        entry = mbr_partition_entry(PARTITION_START_SECTOR, sectors)
+        file.truncate(disk_bytes)
+        sectors = disk_bytes // SECTOR_BYTES - PARTITION_START_SECTOR
+        root = mbr_partition_entry(PARTITION_START_SECTOR, sectors)
+        esp = mbr_partition_entry(ESP_START_SECTOR, ESP_SECTORS, ESP_TYPE, bootable=False)
         signature = int.from_bytes(os.urandom(4), "little")
-        file.write(render_mbr(MBR_CODE.read_bytes(), entry, signature))
+        file.write(render_mbr(MBR_CODE.read_bytes(), [root, esp], signature))
     offset = PARTITION_START_SECTOR * SECTOR_BYTES
     _run(
         [
@@ -766,15 +871,51 @@ def _make_disk(tree: Path, disk: Path) -> None:
             EXT4_FEATURES,
             "-L",
             ROOT_LABEL,
+            "-N",  # inodes for the files, and as many again for what the node adds
+            str(entries * 2 + 4096),
             "-E",
             f"offset={offset}",
             "-d",
             str(tree),
             str(disk),
-            str(root_filesystem_blocks()),
+            str(root_filesystem_blocks(disk_bytes)),
         ],
         "make the root filesystem from the tree",
     )
+
+
+def _make_esp(disk: Path, workspace: Path) -> None:
+    """The EFI system partition: a FAT holding GRUB as the removable-media ``BOOTX64.EFI``.
+
+    UEFI firmware boots ``/EFI/BOOT/BOOTX64.EFI`` from an ESP without any boot entry, which a
+    freshly written disk does not have. ``grub-mkstandalone`` builds GRUB with its configuration
+    inside; the FAT is made in a file and filled with mtools, without mounting.
+    """
+    config, efi, esp = workspace / "grub.cfg", workspace / "BOOTX64.EFI", workspace / "esp.fat"
+    config.write_text(grub_config())
+    modules = "linux normal search search_label part_msdos ext2 configfile memdisk boot"
+    _run(
+        [
+            "grub-mkstandalone",
+            "-O",
+            "x86_64-efi",
+            "-o",
+            str(efi),
+            f"--install-modules={modules}",
+            "--modules=part_msdos ext2",
+            "--locales=",
+            "--themes=",
+            "--fonts=",
+            f"boot/grub/grub.cfg={config}",
+        ],
+        "grub-mkstandalone",
+    )
+    _run(["mkfs.fat", "-C", str(esp), str(ESP_SECTORS * SECTOR_BYTES // 1024)], "mkfs.fat")
+    _run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], "mmd")
+    _run(["mcopy", "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], "mcopy")
+    with disk.open("r+b") as file:
+        file.seek(ESP_START_SECTOR * SECTOR_BYTES)
+        file.write(esp.read_bytes())
 
 
 def _install_bootloader(disk: Path, mount_point: Path) -> None:
@@ -792,14 +933,26 @@ def _install_bootloader(disk: Path, mount_point: Path) -> None:
 
 
 def _compress_and_publish(disk: Path, target: Path) -> None:
-    """Gzip the disk, write both checksums, and rename everything into place (raw last)."""
-    gz_temp = compressed_path(disk)
+    """Gzip and lzop the disk, write the checksums, and rename everything into place (raw last)."""
+    gz_temp, lzo_temp = compressed_path(disk), lzop_path(disk)
     raw_digest, gz_digest = _gzip_with_digests(disk, gz_temp)
-    gz_target = compressed_path(target)
+    _run(["lzop", "-q", "-f", "-o", str(lzo_temp), str(disk)], "lzop the image")
+    for temp, target_path, digest in (
+        (gz_temp, compressed_path(target), gz_digest),
+        (lzo_temp, lzop_path(target), _sha256_of(lzo_temp)),
+    ):
+        checksum_path(target_path).write_text(render_checksum(digest, target_path))
+        temp.rename(target_path)
     checksum_path(target).write_text(render_checksum(raw_digest, target))
-    checksum_path(gz_target).write_text(render_checksum(gz_digest, gz_target))
-    gz_temp.rename(gz_target)
     disk.rename(target)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _gzip_with_digests(source: Path, destination: Path) -> tuple[str, str]:

@@ -187,3 +187,26 @@ def create_plane_pki(folder: Path) -> PlanePKI:
         )
     )
     return pki
+
+
+def issue_serving_certificate(pki: PlanePKI, folder: Path, name: str) -> Path:
+    """Sign a loopback serving certificate with the plane's CA into ``folder``.
+
+    For the webhook servers of the Cluster API managers the lab runs: ``tls.crt`` and ``tls.key``
+    (the names controller-runtime looks for) valid for 127.0.0.1 and localhost. The API server
+    already trusts the CA, and the webhook configurations carry it as their ``caBundle``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)  # create_plane_pki makes EC keys
+    cert, key = _leaf(
+        ca,
+        ca_key,
+        _name(name),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    _write_cert(folder / "tls.crt", cert)
+    _write_key(folder / "tls.key", key)
+    return folder

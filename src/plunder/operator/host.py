@@ -8,10 +8,12 @@ next event instead of overwriting newer state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx2
 import kopf
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
@@ -20,6 +22,7 @@ from lightkube.types import PatchType
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.client import async_client
 from plunder.k8s.resources import resource_for
+from plunder.operator import power
 from plunder.reconcile import hoststate
 
 _INFO = PlunderHost.info
@@ -47,31 +50,56 @@ async def plunderhost_event(
     if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
         return
     host = PlunderHost.model_validate(dict(body))
-    change = hoststate.controller_transition(host, datetime.now(UTC))
+    change = hoststate.controller_decision(host, datetime.now(UTC))
     if change.status is None:
         return
     client: AsyncClient = memo.client
-    try:
-        await client.patch(
-            resource_for(PlunderHost).Status,
-            host.metadata.name or "",
-            {
-                "metadata": {"resourceVersion": host.metadata.resource_version},
-                "status": change.status,
-            },
-            namespace=host.metadata.namespace,
-            patch_type=PatchType.MERGE,
-        )
-    except ApiError as error:
-        if error.status.code == 409:  # someone wrote first: the next event decides again
-            return
-        raise
+    if not await _write_status(client, host, change.status, logger):
+        return
     if change.event is not None:
         reason, message, kind = change.event
         kopf.event(body, type=kind, reason=reason, message=message)
+    if change.power is not None:  # the host's power daemon does it, with retries
+        await power.request_action(client, host, change.power)
     logger.info(
         "host %s: %s → %s",
         host.spec.boot_mac_address,
         hoststate.state_of(host),
         change.status.get("state"),
     )
+
+
+_WRITE_ATTEMPTS = 5
+
+
+async def _write_status(
+    client: AsyncClient, host: PlunderHost, status: dict[str, Any], logger: kopf.Logger
+) -> bool:
+    """Write the move, guarded by the resourceVersion it was decided on; whether it was written.
+
+    An event handler is not retried by kopf, and a host may send no other event for a long time
+    (a parked agent), so a transient failure (a busy API server, a full connection pool) is
+    retried here with a growing delay. A conflict or a deleted host ends it: the next event, if
+    any, decides again.
+    """
+    for attempt in range(_WRITE_ATTEMPTS):
+        try:
+            await client.patch(
+                resource_for(PlunderHost).Status,
+                host.metadata.name or "",
+                {"metadata": {"resourceVersion": host.metadata.resource_version}, "status": status},
+                namespace=host.metadata.namespace,
+                patch_type=PatchType.MERGE,
+            )
+            return True
+        except ApiError as error:
+            if error.status.code in (404, 409):
+                return False
+            if error.status.code != 429 and (error.status.code or 0) < 500:
+                raise
+            problem = f"{error.status.code} {error.status.message}"
+        except httpx2.TransportError as error:
+            problem = f"{type(error).__name__}: {error}"
+        logger.warning("host %s: status not written (%s); retrying", host.metadata.name, problem)
+        await asyncio.sleep(0.5 * 2**attempt)
+    return False

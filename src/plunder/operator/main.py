@@ -5,7 +5,7 @@ from __future__ import annotations
 import kopf
 
 # Importing the handler modules registers their handlers with kopf's default registry.
-from plunder.operator import cluster, host, settings  # noqa: F401
+from plunder.operator import cluster, host, machine, power, settings  # noqa: F401
 
 LIVENESS_PATH = "/healthz"
 

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
-from plunder.api.common import Condition, V1Beta1Condition
+from plunder.api.common import Condition, DeprecatedStatus, V1Beta1Condition, V1Beta1Status
+from plunder.reconcile.pause import PAUSED_ANNOTATION
 
 Status = Literal["True", "False", "Unknown"]
 Severity = Literal["Error", "Warning", "Info", ""]
@@ -70,6 +71,31 @@ def as_v1beta1(
         )
         for c in conditions
     ]
+
+
+def deprecated(conditions: Sequence[Condition]) -> DeprecatedStatus:
+    """``status.deprecated`` holding the v1beta1 form of ``conditions``."""
+    return DeprecatedStatus(v1beta1=V1Beta1Status(conditions=as_v1beta1(conditions)))
+
+
+PAUSED = "Paused"
+
+
+def paused(is_paused: bool, now: datetime, generation: int | None = None) -> Condition:
+    """The contract's Paused condition.
+
+    True while the paused annotation or the Cluster's ``spec.paused`` holds.
+    """
+    if is_paused:
+        return condition(
+            PAUSED,
+            "True",
+            "Paused",
+            f"reconciliation is paused (Cluster spec.paused or the {PAUSED_ANNOTATION} annotation)",
+            now,
+            generation,
+        )
+    return condition(PAUSED, "False", "NotPaused", None, now, generation)
 
 
 def find(conditions: Sequence[Condition] | None, type_: str) -> Condition | None:

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from plunder.api.inventory import HardwareDetails, PlunderHost
+from plunder.reconcile import conditions
 
 Status = dict[str, Any]
 EventSpec = tuple[str, str, Literal["Normal", "Warning"]]
@@ -28,12 +29,18 @@ PROVISION_REASON = "PlunderProvision"
 """The seed's event reason for provisioning events."""
 
 
+PowerAction = Literal["pxe-on", "pxe-reboot"]
+"""What the controller asks of a host's BMC after a move: power on with a one-time PXE boot if
+it is off (``pxe-on``), or power-cycle it with one (``pxe-reboot``)."""
+
+
 @dataclass(frozen=True)
 class Change:
-    """Status fields to write, and maybe an Event to record."""
+    """Status fields to write, maybe an Event to record, and maybe a BMC action to request."""
 
     status: Status | None = None
     event: EventSpec | None = None
+    power: PowerAction | None = None
 
 
 def _stamp(moment: datetime) -> str:
@@ -67,6 +74,43 @@ def finish_phase(host: PlunderHost, name: str, now: datetime) -> list[dict[str, 
     return [*phases, {"name": name, "started": _stamp(now), "finished": _stamp(now)}]
 
 
+def _open_phase(host: PlunderHost, name: str) -> bool:
+    """Whether phase ``name`` has begun and not finished."""
+    phases = host.status.phases if host.status and host.status.phases else ()
+    return any(phase.name == name and phase.finished is None for phase in phases)
+
+
+PROVISIONED_CONDITION = "Provisioned"
+"""The condition a person (and ``kubectl wait``) reads: True once the OS phoned home, False
+with the failure's reason when provisioning failed or the host was wiped."""
+
+
+def provisioned_condition(
+    host: PlunderHost, status: Literal["True", "False"], reason: str, message: str, now: datetime
+) -> list[dict[str, Any]]:
+    """The host's conditions with :data:`PROVISIONED_CONDITION` set."""
+    current = host.status.conditions if host.status else None
+    new = conditions.condition(
+        PROVISIONED_CONDITION, status, reason, message, now, host.metadata.generation
+    )
+    return [c.to_api() for c in conditions.set_condition(current, new)]
+
+
+def failed(host: PlunderHost, reason: str, message: str, now: datetime) -> Change:
+    """The current work failed: the host goes to ``error`` with a condition and an event."""
+    state = state_of(host)
+    return Change(
+        {
+            "state": "error",
+            "errorReason": reason,
+            "errorMessage": message,
+            "phases": finish_phase(host, state, now),
+            "conditions": provisioned_condition(host, "False", reason, message, now),
+        },
+        (reason, f"{state} failed: {message}", "Warning"),
+    )
+
+
 def phase_seconds(host: PlunderHost, name: str, now: datetime) -> float | None:
     """How long phase ``name`` has taken until ``now``."""
     for phase in host.status.phases if host.status and host.status.phases else ():
@@ -83,12 +127,22 @@ def has_image_work(host: PlunderHost) -> bool:
 # ----------------------------------------------------------------------------- boot service
 
 
-def booted_agent(host: PlunderHost, boot_id: str, now: datetime) -> Status:
+def booted_agent(host: PlunderHost, boot_id: str, now: datetime) -> Change:
     """The host is sent into the agent with a new boot id; a new host starts inspection."""
     status: Status = {"agentBootID": boot_id}
+    if state_of(host) == "provisioning" and _open_phase(host, "writing"):
+        # The host restarted while the agent wrote the image (power loss, a reset, a crash):
+        # the disk holds part of an image. Say so, and let a spec change retry, as for any failure.
+        change = failed(
+            host,
+            "ProvisioningInterrupted",
+            "the host restarted while the image was being written; the disk holds part of it",
+            now,
+        )
+        return Change({**(change.status or {}), **status}, change.event)
     if state_of(host) == "discovered":
         status |= {"state": "inspecting", "phases": start_phase(host, "inspecting", now)}
-    return status
+    return Change(status)
 
 
 def inspected(host: PlunderHost, hardware: HardwareDetails, now: datetime) -> Status:
@@ -140,19 +194,19 @@ def agent_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> 
     message = fields.get("message", "")[:1000]
     state = state_of(host)
     if phase == "failed":
-        return Change(
-            {
-                "state": "error",
-                "errorReason": reason or "AgentFailed",
-                "errorMessage": message,
-                "phases": finish_phase(host, state, now),
-            },
-            (reason or "AgentFailed", f"{state} failed: {message}", "Warning"),
-        )
+        return failed(host, reason or "AgentFailed", message, now)
     if phase == "writing" and state == "provisioning":
-        return Change({"phases": [*_phases(host), {"name": "writing", "started": _stamp(now)}]})
+        writing: dict[str, Any] = {"name": "writing", "started": _stamp(now)}
+        if fields.get("disk_bps", "").isdigit():
+            writing["diskBytesPerSecond"] = int(fields["disk_bps"])
+        return Change({"phases": [*_phases(host), writing]})
     if phase == "done" and state == "provisioning":
-        return Change({"phases": finish_phase(host, "writing", now)})
+        phases = finish_phase(host, "writing", now)
+        if fields.get("bytes", "").isdigit():
+            for entry in phases:
+                if entry["name"] == "writing":
+                    entry["bytes"] = int(fields["bytes"])
+        return Change({"phases": phases})
     if phase == "done" and state == "deprovisioning":
         return Change(
             {
@@ -160,6 +214,9 @@ def agent_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> 
                 "errorReason": None,
                 "errorMessage": None,
                 "phases": finish_phase(host, "deprovisioning", now),
+                "conditions": provisioned_condition(
+                    host, "False", "Deprovisioned", "the disk was wiped", now
+                ),
             },
             ("Deprovisioned", "disk wiped; the host is available again", "Normal"),
         )
@@ -173,7 +230,13 @@ def phoned_home(host: PlunderHost, now: datetime) -> Change:
     took = phase_seconds(host, "provisioning", now)
     duration = f"{took:.0f}s" if took is not None else "an unknown time"
     return Change(
-        {"state": "provisioned", "phases": finish_phase(host, "provisioning", now)},
+        {
+            "state": "provisioned",
+            "phases": finish_phase(host, "provisioning", now),
+            "conditions": provisioned_condition(
+                host, "True", "Provisioned", f"the installed OS phoned home after {duration}", now
+            ),
+        },
         (PROVISION_REASON, f"Host has been successfully provisioned OS in {duration}", "Normal"),
     )
 
@@ -220,6 +283,9 @@ def controller_transition(host: PlunderHost, now: datetime) -> Change:
                 "state": "provisioning",
                 "observedGeneration": generation,
                 "phases": start_phase(host, "provisioning", now),
+                "conditions": provisioned_condition(
+                    host, "False", "Provisioning", "the OS is being installed", now
+                ),
             },
             (PROVISION_REASON, "Plunder has begun provisioning the Operating System", "Normal"),
         )
@@ -231,6 +297,9 @@ def controller_transition(host: PlunderHost, now: datetime) -> Change:
                 "errorReason": None,
                 "errorMessage": None,
                 "phases": start_phase(host, "provisioning", now),
+                "conditions": provisioned_condition(
+                    host, "False", "Provisioning", "the OS is being installed", now
+                ),
             },
             (PROVISION_REASON, "Plunder is provisioning again after the spec changed", "Normal"),
         )
@@ -244,3 +313,50 @@ def controller_transition(host: PlunderHost, now: datetime) -> Change:
             ("Deprovisioning", f"wiping the disk ({host.spec.wipe_mode})", "Normal"),
         )
     return Change()
+
+
+def power_after(host: PlunderHost, change: Change) -> PowerAction | None:
+    """The BMC action a move of a host with a BMC needs (hosts without one keep their loop).
+
+    Entering provisioning: the host is usually parked in the agent, which takes the work without
+    a reboot, so it is only powered on (into the agent) if it is off. Entering deprovisioning: the
+    host runs its installed OS, so it is power-cycled into the agent to be wiped.
+    """
+    if host.spec.bmc is None or change.status is None:
+        return None
+    entering = change.status.get("state")
+    if entering == "provisioning":
+        return "pxe-on"
+    if entering == "deprovisioning":
+        return "pxe-reboot"
+    return None
+
+
+def bmc_discovery(host: PlunderHost) -> Change:
+    """A host created with only a BMC and a MAC, never seen: power it on into the agent.
+
+    ``observedGeneration`` is written with the request, so the host is powered on once; from
+    then on the boot service moves it (discovered → inspecting → available) as any other host.
+    """
+    never_seen = host.status is None or (
+        host.status.first_seen is None and host.status.observed_generation is None
+    )
+    if host.spec.bmc is None or state_of(host) != "discovered" or not never_seen:
+        return Change()
+    return Change(
+        {"observedGeneration": host.metadata.generation or 0},
+        (
+            "PoweringOn",
+            "powering the host on into the agent through its BMC to inspect it",
+            "Normal",
+        ),
+        "pxe-on",
+    )
+
+
+def controller_decision(host: PlunderHost, now: datetime) -> Change:
+    """The controller's move of the host, with the BMC action it needs."""
+    change = controller_transition(host, now)
+    if change.status is None:
+        return bmc_discovery(host)
+    return Change(change.status, change.event, power_after(host, change))

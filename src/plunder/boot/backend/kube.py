@@ -63,15 +63,20 @@ def discovery_status(facts: BootFacts) -> dict[str, Any]:
     return status
 
 
-def seen_status(facts: BootFacts, has_state: bool) -> dict[str, Any]:
-    """The status fields refreshed when a known host asks again."""
+def seen_status(facts: BootFacts, host: PlunderHost) -> dict[str, Any]:
+    """The status fields refreshed when a known host asks again.
+
+    A host without a state was created by someone else (an operator or the lab, with its BMC)
+    or by a discovery that stopped between create and status: its first boot finishes the job.
+    """
     status: dict[str, Any] = {"lastSeen": _timestamp(facts.seen)}
     if facts.ip:
         status["ipAddress"] = facts.ip
     if facts.firmware:
         status["bootFirmware"] = facts.firmware
-    if not has_state:  # its creator stopped between create and status: finish the job
-        status.update(discovery_status(facts))
+    if not (host.status and host.status.state):
+        status = discovery_status(facts) | status
+    if host.status and host.status.first_seen:
         status.pop("firstSeen", None)
     return status
 
@@ -254,9 +259,8 @@ class KubeHostBackend:
                 if host is None or host.metadata.name is None:
                     continue
                 self._last_written[facts.mac] = now
-                has_state = bool(host.status and host.status.state)
                 try:
-                    await self._patch_status(host.metadata.name, seen_status(facts, has_state))
+                    await self._patch_status(host.metadata.name, seen_status(facts, host))
                 except ApiError as error:
                     log.warning("lastSeen of %s not written: %s", facts.mac, error.status.message)
             if self._pending_seen:  # the rest are not due yet: look again in a moment

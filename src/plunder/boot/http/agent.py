@@ -40,7 +40,7 @@ def _kv(fields: dict[str, str]) -> web.Response:
     return web.Response(text="".join(f"{key}={value}\n" for key, value in fields.items()))
 
 
-def _authorised_host(request: web.Request, token: str | None = None) -> PlunderHost:
+def authorised_host(request: web.Request, token: str | None = None) -> PlunderHost:
     """The host named in the path, if the request carries its current token; else raise."""
     try:
         mac = normalise_mac(request.match_info["mac"])
@@ -66,7 +66,7 @@ def _authorised_host(request: web.Request, token: str | None = None) -> PlunderH
 
 async def inspection(request: web.Request) -> web.Response:
     """The agent reports the host's hardware; the host becomes available."""
-    host = _authorised_host(request)
+    host = authorised_host(request)
     body = await request.content.read(MAX_INSPECTION_BYTES + 1)
     if len(body) > MAX_INSPECTION_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_INSPECTION_BYTES, actual_size=len(body))
@@ -83,7 +83,7 @@ async def inspection(request: web.Request) -> web.Response:
 
 async def work(request: web.Request) -> web.Response:
     """What the agent should do now."""
-    host = _authorised_host(request)
+    host = authorised_host(request)
     # The agent polls here as a parked iPXE polls /boot.ipxe: that is the host being seen.
     request.app[BACKEND_KEY].seen(
         BootFacts(
@@ -101,7 +101,7 @@ async def work(request: web.Request) -> web.Response:
 
 async def progress(request: web.Request) -> web.Response:
     """The agent reports a phase of its work (key=value lines)."""
-    host = _authorised_host(request)
+    host = authorised_host(request)
     text = (await request.content.read(8192)).decode(errors="replace")
     fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     change = hoststate.agent_progress(host, fields, datetime.now(UTC))
@@ -114,7 +114,7 @@ async def progress(request: web.Request) -> web.Response:
 
 async def phone_home(request: web.Request) -> web.Response:
     """cloud-init of the installed OS reports in: the host is provisioned."""
-    host = _authorised_host(request, token=request.query.get("token", ""))
+    host = authorised_host(request, token=request.query.get("token", ""))
     change = hoststate.phoned_home(host, datetime.now(UTC))
     if change.status:
         await request.app[BACKEND_KEY].patch_host_status(host, change.status)
@@ -147,7 +147,7 @@ async def _user_data(request: web.Request, host: PlunderHost) -> str:
 
 async def cloud_init(request: web.Request) -> web.Response:
     """The NoCloud seed of the host's installation: meta-data, user-data, vendor-data, network."""
-    host = _authorised_host(request)
+    host = authorised_host(request)
     name = request.match_info["file"]
     settings = request.app[SETTINGS_KEY]
     if name == "meta-data":

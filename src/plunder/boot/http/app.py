@@ -32,6 +32,7 @@ from plunder.boot.http.keys import (
     EventSink,
 )
 from plunder.boot.http.metrics import BootMetrics
+from plunder.boot.installer import routes as installer_routes
 from plunder.boot.ipxe import decide, scripts
 from plunder.boot.macs import InvalidMACError, normalise_mac
 from plunder.boot.settings import BootSettings
@@ -111,12 +112,17 @@ async def boot_ipxe(request: web.Request) -> web.Response:
         "console=ttyS0 quiet"
     )
     agent_available = _agent_available(settings)
-    decision = decide.decide(host, files_base, cmdline, agent_available)
-    if decision.action == "kernel" and agent_available and host is not None:
+    decision = decide.decide(
+        host, files_base, cmdline, agent_available, server=settings.http_base, token=token
+    )
+    installing = host is not None and decide.installs(host)
+    if decision.action == "kernel" and (agent_available or installing) and host is not None:
         # A new boot id invalidates the token of any earlier boot into the agent. Unguarded:
         # the last boot wins (a host makes one request per boot; extra ones get stale tokens).
-        status = hoststate.booted_agent(host, boot_id, datetime.now(UTC))
-        await backend.patch_host_status(host, status, guarded=False)
+        change = hoststate.booted_agent(host, boot_id, datetime.now(UTC))
+        await backend.patch_host_status(host, change.status or {}, guarded=False)
+        if change.event is not None:
+            await app[EVENTS_KEY](host, *change.event)
     app[METRICS_KEY].scripts.labels(decision.action).inc()
     return web.Response(
         text=scripts.render_script(decision, mac, settings.http_base, settings.poll_seconds),
@@ -170,6 +176,7 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     agent.add_routes(app)
+    installer_routes.add_routes(app)
     if settings.files_dir is not None:
         # FileResponse underneath: Range requests and sendfile(2); no symlinks out of the folder.
         app.router.add_static("/files/", settings.files_dir, follow_symlinks=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from plunder.api.inventory import PlunderHost
+from plunder.boot.installer import boot as installer
+from plunder.boot.installer.target import install_target
 from plunder.boot.ipxe.scripts import BootDecision
 from plunder.reconcile import hoststate
 
@@ -24,13 +26,30 @@ def image_written(host: PlunderHost) -> bool:
     return any(phase.name == "writing" and phase.finished for phase in phases)
 
 
+def installs(host: PlunderHost) -> bool:
+    """Whether the host is to boot its installer now (preseed or kickstart, not yet written)."""
+    return (
+        host.spec.deployment_type is not None
+        and hoststate.state_of(host) == "provisioning"
+        and not image_written(host)
+    )
+
+
 def decide(
-    host: PlunderHost | None, files_base: str, agent_cmdline: str, agent_available: bool
+    host: PlunderHost | None,
+    files_base: str,
+    agent_cmdline: str,
+    agent_available: bool,
+    *,
+    server: str = "",
+    token: str = "",
 ) -> BootDecision:
     """The boot decision for ``host`` (None: a MAC seen for the first time).
 
     With the agent image present every host that is not provisioned boots into the agent, which
-    inspects it and then waits for work itself; without it, hosts park in iPXE.
+    inspects it and then waits for work itself; without it, hosts park in iPXE. A host being
+    provisioned with ``deploymentType`` boots its installer instead, with ``token`` (the boot's
+    token) in the URL of its answer file on ``server``.
     """
     agent = BootDecision(
         "kernel",
@@ -44,6 +63,9 @@ def decide(
     state = hoststate.state_of(host)
     if state == "provisioned" or (state == "provisioning" and image_written(host)):
         return BootDecision("disk", f"{state}; booting from disk")
+    if installs(host) and host.spec.deployment_type is not None:
+        target = install_target(host, server)
+        return installer.boot_decision(target, host.spec.deployment_type, files_base, token)
     if has_work(host) or (agent_available and host.spec.park_mode == "poll"):
         return dataclasses.replace(agent, reason=f"{state}; booting the agent")
     if host.spec.park_mode == "reboot":

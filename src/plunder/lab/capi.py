@@ -1,0 +1,229 @@
+"""Cluster API's own controllers, run as processes against a plane (the lab's or the tests').
+
+Three managers from the pinned Cluster API release: the core manager (Clusters, Machines,
+MachineSets, MachineDeployments, ClusterClass topologies), the kubeadm bootstrap manager (it
+writes each Machine's bootstrap data Secret) and the kubeadm control-plane manager.
+
+Their webhooks are served, not switched off (the managers have no switch for that, and the
+defaulting webhooks fill fields the controllers rely on, such as a MachineDeployment's
+selector): each manager gets a serving certificate signed by the plane's CA, and the webhook
+configurations of its release (``<component>/config/webhook/manifests.yaml``) are installed with a
+URL client config, ``https://127.0.0.1:<port><path>``, instead of an in-cluster Service.
+
+The CRDs are re-applied as a release installs them. ``config/crd/bases`` lacks what the
+release's kustomizations add: the contract labels (``cluster.x-k8s.io/v1beta2: v1beta2``; without
+them the core manager cannot resolve a Machine's KubeadmConfig and no bootstrap data is ever
+written), the provider label, and the conversion webhook stanza (so clients of v1beta1 get
+converted objects, not v1beta2 data under an old apiVersion).
+
+controller-runtime's webhook server has no bind-address flag: it listens on every interface,
+on a port chosen free on loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightkube import Client
+from lightkube.resources.admissionregistration_v1 import (
+    MutatingWebhookConfiguration,
+    ValidatingWebhookConfiguration,
+)
+
+from plunder.k8s import crds
+from plunder.lab import binaries, processes
+from plunder.lab.pki import PlanePKI, issue_serving_certificate
+
+log = logging.getLogger(__name__)
+
+FEATURE_GATES = "ClusterTopology=true"
+"""ClusterClass (managed topologies) is still behind this gate in v1.14."""
+
+
+@dataclass(frozen=True)
+class ClusterAPIManager:
+    """One of Cluster API's managers: its program, its source folder and its release prefix."""
+
+    program: str
+    """The program's name in :data:`plunder.lab.binaries.PROGRAMS`."""
+    component: str
+    """Its folder in the Cluster API module (config/crd and config/webhook are under it)."""
+    prefix: str
+    """The name prefix its release gives cluster-scoped objects (webhook configurations)."""
+
+
+MANAGERS = (
+    ClusterAPIManager("capi-manager", "core", "capi-"),
+    ClusterAPIManager("kubeadm-bootstrap-manager", "bootstrap/kubeadm", "capi-kubeadm-bootstrap-"),
+    ClusterAPIManager(
+        "kubeadm-control-plane-manager", "controlplane/kubeadm", "capi-kubeadm-control-plane-"
+    ),
+)
+PROGRAMS = tuple(manager.program for manager in MANAGERS)
+
+
+@dataclass(frozen=True)
+class RunningManager:
+    """A started manager and the loopback ports it serves on."""
+
+    manager: ClusterAPIManager
+    process: processes.Managed
+    webhook_port: int
+    health_port: int
+
+
+@dataclass(frozen=True)
+class ClusterAPIControllers:
+    """The running managers."""
+
+    managers: tuple[RunningManager, ...]
+
+    def stop(self) -> None:
+        """Stop every manager."""
+        for running in self.managers:
+            processes.stop(running.process.pid)
+
+
+def manager_argv(binary: Path, cert_dir: Path, webhook_port: int, health_port: int) -> list[str]:
+    """A manager watching every namespace, without leader election or a metrics endpoint."""
+    return [
+        str(binary),
+        "--leader-elect=false",
+        f"--webhook-port={webhook_port}",
+        f"--webhook-cert-dir={cert_dir}",
+        f"--health-addr=127.0.0.1:{health_port}",
+        "--diagnostics-address=0",  # "0" switches the metrics server off
+        f"--feature-gates={FEATURE_GATES}",
+    ]
+
+
+def webhook_configurations(
+    manager: ClusterAPIManager, module_root: Path, port: int, ca_bundle: str
+) -> list[dict[str, Any]]:
+    """The manager's webhook configurations, pointed at ``https://127.0.0.1:<port>``."""
+    manifests = module_root / manager.component / "config" / "webhook" / "manifests.yaml"
+    configurations = [doc for doc in yaml.safe_load_all(manifests.read_text()) if doc]
+    for configuration in configurations:
+        configuration["metadata"]["name"] = manager.prefix + configuration["metadata"]["name"]
+        for webhook in configuration["webhooks"]:
+            path = webhook["clientConfig"]["service"]["path"]
+            webhook["clientConfig"] = {
+                "url": f"https://127.0.0.1:{port}{path}",
+                "caBundle": ca_bundle,
+            }
+    return configurations
+
+
+def conversion(port: int, ca_bundle: str) -> dict[str, Any]:
+    """A CRD's ``spec.conversion`` that sends conversions to the manager's ``/convert``."""
+    return {
+        "strategy": "Webhook",
+        "webhook": {
+            "conversionReviewVersions": ["v1"],
+            "clientConfig": {"url": f"https://127.0.0.1:{port}/convert", "caBundle": ca_bundle},
+        },
+    }
+
+
+def release_labels(manager: ClusterAPIManager, module_root: Path) -> dict[str, str]:
+    """The labels the release's kustomizations put on the manager's CRDs.
+
+    ``config/crd`` adds the contract labels (``cluster.x-k8s.io/v1beta2: v1beta2``), without
+    which Cluster API cannot tell which version of a referenced kind serves a contract;
+    ``config/default`` adds the provider label that clusterctl looks for.
+    """
+    labels: dict[str, str] = {}
+    for layer in ("crd", "default"):
+        kustomization = module_root / manager.component / "config" / layer / "kustomization.yaml"
+        for entry in yaml.safe_load(kustomization.read_text()).get("labels", []):
+            labels.update(entry["pairs"])
+    return labels
+
+
+def release_crds(
+    manager: ClusterAPIManager, module_root: Path, port: int, ca_bundle: str
+) -> list[dict[str, Any]]:
+    """The manager's CRDs as its release installs them: labelled, converted by its webhook."""
+    labels = release_labels(manager, module_root)
+    made = []
+    for path in binaries.cluster_api_crd_files((manager.component,)):
+        crd = yaml.safe_load(path.read_text())
+        crd["metadata"].setdefault("labels", {}).update(labels)
+        crd["spec"]["conversion"] = conversion(port, ca_bundle)
+        made.append(crd)
+    return made
+
+
+def register_webhooks(client: Client, running: RunningManager, ca_bundle: str) -> None:
+    """Install the manager's CRDs (as released) and admission webhooks, served by it."""
+    root = binaries.module_dir("sigs.k8s.io/cluster-api")
+    names = crds.apply_crds(
+        client, release_crds(running.manager, root, running.webhook_port, ca_bundle)
+    )
+    crds.wait_established(client, names)
+    for configuration in webhook_configurations(
+        running.manager, root, running.webhook_port, ca_bundle
+    ):
+        if configuration["kind"] == "MutatingWebhookConfiguration":
+            mutating = MutatingWebhookConfiguration.from_dict(configuration)
+            assert isinstance(mutating, MutatingWebhookConfiguration)  # from_dict is typed loosely
+            client.apply(mutating, field_manager="plunder-lab", force=True)
+        else:
+            validating = ValidatingWebhookConfiguration.from_dict(configuration)
+            assert isinstance(validating, ValidatingWebhookConfiguration)
+            client.apply(validating, field_manager="plunder-lab", force=True)
+
+
+def start_manager(
+    manager: ClusterAPIManager, kubeconfig: Path, pki: PlanePKI, run_dir: Path
+) -> RunningManager:
+    """Start one manager (building it first if needed); return once it is ready."""
+    binary = binaries.ensure_binary(manager.program)
+    cert_dir = issue_serving_certificate(pki, run_dir / f"{manager.program}-certs", manager.program)
+    webhook_port, health_port = processes.free_port(), processes.free_port()
+    process = processes.start(
+        manager.program,
+        manager_argv(binary, cert_dir, webhook_port, health_port),
+        run_dir,
+        env={"KUBECONFIG": str(kubeconfig)},
+    )
+    try:
+        processes.wait_until(
+            processes.http_ok(f"http://127.0.0.1:{health_port}/readyz"),
+            manager.program,
+            process,
+            timeout=120,
+        )
+    except processes.StartupError:
+        processes.stop(process.pid)
+        raise
+    return RunningManager(manager, process, webhook_port, health_port)
+
+
+def start_cluster_api(
+    client: Client, kubeconfig: Path, pki: PlanePKI, run_dir: Path
+) -> ClusterAPIControllers:
+    """Start the three managers against the plane and route its webhooks to them.
+
+    Cluster API's CRDs must be installed already (:func:`binaries.cluster_api_crd_files`).
+    """
+    ca_bundle = base64.b64encode(pki.ca_cert.read_bytes()).decode()
+    started: list[RunningManager] = []
+    try:
+        for manager in MANAGERS:
+            started.append(start_manager(manager, kubeconfig, pki, run_dir))
+        for running in started:
+            register_webhooks(client, running, ca_bundle)
+    except BaseException:
+        ClusterAPIControllers(tuple(started)).stop()
+        raise
+    log.info(
+        "Cluster API controllers running: %s",
+        ", ".join(f"{r.manager.program} (pid {r.process.pid})" for r in started),
+    )
+    return ClusterAPIControllers(tuple(started))

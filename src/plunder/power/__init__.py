@@ -1,0 +1,1 @@
+"""BMC power management: one interface (``base``), drivers found by name (``registry``)."""

@@ -1,0 +1,164 @@
+"""Choosing a host for a machine: which hosts qualify, and in what order they are tried.
+
+The controller selects from its watch cache (a kopf index), never from one list call, so the
+choice is made among every host however many there are (Metal3 provider #2916 stalled at 200).
+A host is kept there as a :class:`HostCandidate`, the few fields selection and mirroring read, so a
+cache of thousands of hosts stays small.
+
+The order is stable for a machine but differs between machines (rendezvous hashing of the
+machine's uid with each host's name): machines that select at the same moment mostly try
+different hosts first, so a burst of claims rarely collides, and a collision is only a retry,
+because the claim itself is a write guarded by resourceVersion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from plunder.api.common import LabelSelector, LabelSelectorRequirement
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """Who claimed a host: ``spec.consumerRef`` without the uid (a moved machine gets a new one)."""
+
+    kind: str
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class HostCandidate:
+    """What the controller keeps of a PlunderHost in its cache."""
+
+    name: str
+    namespace: str
+    uid: str
+    resource_version: str
+    mac: str
+    state: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    consumer: Consumer | None = None
+    deleting: bool = False
+    ip_address: str | None = None
+    """The address the host last had on the provisioning network."""
+    static_ip: str | None = None
+    """The static address given to the installed OS (``spec.network``)."""
+    error_reason: str | None = None
+    error_message: str | None = None
+    provisioned_in: float | None = None
+    """Seconds the last provisioning took, once it finished."""
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> HostCandidate:
+        """Read a PlunderHost as the API (or kopf) delivers it."""
+        meta = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        ref = spec.get("consumerRef")
+        namespace = meta.get("namespace", "")
+        return cls(
+            name=meta.get("name", ""),
+            namespace=namespace,
+            uid=meta.get("uid", ""),
+            resource_version=meta.get("resourceVersion", ""),
+            mac=spec.get("bootMACAddress", ""),
+            state=status.get("state") or "discovered",
+            labels=dict(meta.get("labels") or {}),
+            consumer=(
+                Consumer(ref.get("kind", ""), ref.get("namespace") or namespace, ref["name"])
+                if ref
+                else None
+            ),
+            deleting=bool(meta.get("deletionTimestamp")),
+            ip_address=status.get("ipAddress"),
+            static_ip=(spec.get("network") or {}).get("ipAddress"),
+            error_reason=status.get("errorReason"),
+            error_message=status.get("errorMessage"),
+            provisioned_in=_phase_seconds(status.get("phases") or [], "provisioning"),
+        )
+
+    @property
+    def free(self) -> bool:
+        """Inspected, unclaimed and not going away."""
+        return self.state == "available" and self.consumer is None and not self.deleting
+
+
+def _phase_seconds(phases: list[dict[str, Any]], name: str) -> float | None:
+    for phase in phases:
+        if phase.get("name") == name and phase.get("finished"):
+            started = datetime.fromisoformat(phase["started"])
+            return (datetime.fromisoformat(phase["finished"]) - started).total_seconds()
+    return None
+
+
+def requirement_holds(labels: Mapping[str, str], requirement: LabelSelectorRequirement) -> bool:
+    """One ``matchExpressions`` entry, as Kubernetes evaluates it."""
+    present = requirement.key in labels
+    values = requirement.values or []
+    match requirement.operator:
+        case "In":
+            return present and labels[requirement.key] in values
+        case "NotIn":
+            return not present or labels[requirement.key] not in values
+        case "Exists":
+            return present
+        case "DoesNotExist":
+            return not present
+
+
+def selector_matches(labels: Mapping[str, str], selector: LabelSelector | None) -> bool:
+    """Whether ``labels`` satisfy ``selector`` (an empty selector matches everything)."""
+    if selector is None:
+        return True
+    if any(labels.get(key) != value for key, value in (selector.match_labels or {}).items()):
+        return False
+    return all(requirement_holds(labels, r) for r in selector.match_expressions or ())
+
+
+def preference(machine_uid: str, host: HostCandidate) -> str:
+    """The machine's rank of ``host``: stable for the pair, different across machines."""
+    return hashlib.sha256(f"{machine_uid}/{host.name}".encode()).hexdigest()
+
+
+def choose_host(
+    hosts: Iterable[HostCandidate],
+    machine_uid: str,
+    selector: LabelSelector | None = None,
+    failure_domain: tuple[str, str] | None = None,
+    exclude: frozenset[str] = frozenset(),
+) -> HostCandidate | None:
+    """The free host the machine should try to claim next, if any qualifies.
+
+    Args:
+        hosts: The cached hosts of the machine's namespace.
+        machine_uid: The machine's uid, which fixes its order of preference.
+        selector: The machine's ``hostSelector``.
+        failure_domain: (label key, value) the host must carry, when the Machine has a failure
+            domain and the cluster names the label that defines them.
+        exclude: Hosts already tried in this round (a lost race leaves the cache stale for a
+            moment).
+    """
+    qualified = [
+        host
+        for host in hosts
+        if host.free
+        and host.name not in exclude
+        and selector_matches(host.labels, selector)
+        and (failure_domain is None or host.labels.get(failure_domain[0]) == failure_domain[1])
+    ]
+    return min(qualified, key=lambda host: preference(machine_uid, host), default=None)
+
+
+def bound_host(hosts: Iterable[HostCandidate], consumer: Consumer) -> HostCandidate | None:
+    """The host already claimed by ``consumer``, so that a machine never gets two."""
+    return next((host for host in hosts if host.consumer == consumer), None)
+
+
+def failure_domains(hosts: Iterable[HostCandidate], label: str) -> list[str]:
+    """The distinct values of ``label`` among the hosts, sorted."""
+    return sorted({host.labels[label] for host in hosts if label in host.labels})

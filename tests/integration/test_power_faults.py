@@ -1,0 +1,155 @@
+"""BMC faults through the real controller: each becomes a condition a person can act on.
+
+Five hosts at once, each with a broken BMC of another kind, all on loopback: a closed Redfish
+port, a TCP listener that accepts and never answers (a hanging BMC), an https BMC whose
+certificate no trusted CA signed, a missing credentials Secret, and an IPMI address nothing
+answers. The hanging one must not hold up the others, and the password must never be logged.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightkube import Client
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Secret
+
+from plunder.api.inventory import PlunderHost
+from plunder.k8s.resources import as_dict, resource_for
+from plunder.lab import processes
+from plunder.lab.pki import create_plane_pki
+from tests.integration.test_controller import controller  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "never-log-me-7f3a"  # noqa: S105 - a test password; the test checks it never leaks
+
+
+@pytest.fixture
+def hanging_bmc() -> Iterator[int]:
+    """A TCP listener that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+@pytest.fixture
+def untrusted_tls_bmc(tmp_path: Path) -> Iterator[int]:
+    """An https server whose certificate is signed by a CA nobody trusts."""
+    pki = create_plane_pki(tmp_path / "untrusted-pki")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.serving_cert, pki.serving_key)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(connection, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass  # the client refuses the certificate: what the test wants
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
+
+
+def host_body(name: str, mac: str, address: str, secret: str = "bmc-credentials") -> Any:
+    return resource_for(PlunderHost)(
+        metadata=ObjectMeta(name=name),
+        spec={"bootMACAddress": mac, "bmc": {"address": address, "credentialsName": secret}},
+    )
+
+
+def condition_of(kube: Client, namespace: str, name: str) -> dict[str, Any] | None:
+    host = as_dict(kube.get(resource_for(PlunderHost), name, namespace=namespace))
+    for condition in (host.get("status") or {}).get("conditions", []):
+        if condition["type"] == "BMCReachable":
+            found: dict[str, Any] = condition
+            return found
+    return None
+
+
+def test_bmc_faults_become_conditions_and_a_hanging_bmc_blocks_no_one(
+    controller: Any,  # noqa: F811 - the fixture
+    kube: Client,
+    namespace: str,
+    hanging_bmc: int,
+    untrusted_tls_bmc: int,
+    tmp_path: Path,
+) -> None:
+    kube.create(
+        Secret(
+            metadata=ObjectMeta(name="bmc-credentials", namespace=namespace),
+            stringData={"username": "admin", "password": PASSWORD},
+        )
+    )
+    closed = processes.free_port()
+    system = "/redfish/v1/Systems/host"
+    hosts = {
+        "closed": (f"redfish+http://127.0.0.1:{closed}{system}", "BMCUnreachable"),
+        "hanging": (f"redfish+http://127.0.0.1:{hanging_bmc}{system}", "BMCTimeout"),
+        "untrusted": (f"redfish://127.0.0.1:{untrusted_tls_bmc}{system}", "BMCTLSError"),
+        "ipmi-silent": (f"ipmi://127.0.0.1:{processes.free_port()}", "BMCUnreachable"),
+    }
+    created = time.monotonic()
+    for index, (name, (address, _)) in enumerate(hosts.items()):
+        kube.create(host_body(name, f"52:54:00:b0:00:{index:02x}", address), namespace=namespace)
+    kube.create(
+        host_body("no-secret", "52:54:00:b0:00:ff", hosts["closed"][0], secret="missing"),
+        namespace=namespace,
+    )
+    expected = {name: reason for name, (_, reason) in hosts.items()}
+    expected["no-secret"] = "BMCCredentialsMissing"
+
+    seen: dict[str, tuple[float, dict[str, Any]]] = {}
+    deadline = time.monotonic() + 60
+    while len(seen) < len(expected):
+        assert time.monotonic() < deadline, f"conditions so far: {seen}"
+        for name in expected:
+            if name not in seen and (condition := condition_of(kube, namespace, name)):
+                seen[name] = (time.monotonic() - created, condition)
+        time.sleep(0.2)
+
+    for name, reason in expected.items():
+        took, condition = seen[name]
+        print(f"\n{name}: {condition['reason']} after {took:.1f}s: {condition['message']}")
+        assert condition["status"] == "False"
+        assert condition["reason"] == reason, condition
+        assert PASSWORD not in condition["message"]
+    assert "certificate" in seen["untrusted"][1]["message"]
+    assert "missing" in seen["no-secret"][1]["message"]
+    # The hanging BMC holds its host for its whole timeout; the others were not kept waiting.
+    assert seen["hanging"][0] >= 9
+    assert seen["closed"][0] < seen["hanging"][0] - 4
+    assert seen["no-secret"][0] < seen["hanging"][0] - 4
+
+    log = tmp_path / "controller.log"
+    assert PASSWORD not in log.read_text(), "the controller logged a BMC password"

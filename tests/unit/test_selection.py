@@ -1,0 +1,120 @@
+"""Host selection: which hosts qualify and in what order machines try them."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from plunder.api.common import LabelSelector, LabelSelectorRequirement
+from plunder.reconcile.selection import (
+    Consumer,
+    HostCandidate,
+    bound_host,
+    choose_host,
+    failure_domains,
+    selector_matches,
+)
+
+
+def host(name: str, state: str = "available", **labels: str) -> HostCandidate:
+    return HostCandidate(
+        name, "ns", f"uid-{name}", "1", f"00:50:56:00:00:{name[-2:]}", state, labels
+    )
+
+
+def test_reads_a_host_body() -> None:
+    body = {
+        "metadata": {
+            "name": "h1",
+            "namespace": "ns",
+            "uid": "u",
+            "resourceVersion": "7",
+            "labels": {"rack": "r1"},
+        },
+        "spec": {
+            "bootMACAddress": "00:50:56:a5:11:20",
+            "consumerRef": {"kind": "PlunderMachine", "name": "m1"},
+            "network": {"ipAddress": "10.0.0.5"},
+        },
+        "status": {
+            "state": "provisioned",
+            "ipAddress": "172.31.99.9",
+            "phases": [
+                {
+                    "name": "provisioning",
+                    "started": "2026-11-25T12:00:00Z",
+                    "finished": "2026-11-25T12:00:41.500Z",
+                }
+            ],
+        },
+    }
+    found = HostCandidate.from_body(body)
+    assert found.consumer == Consumer("PlunderMachine", "ns", "m1")
+    assert (found.mac, found.state, found.resource_version) == (
+        "00:50:56:a5:11:20",
+        "provisioned",
+        "7",
+    )
+    assert (found.static_ip, found.ip_address) == ("10.0.0.5", "172.31.99.9")
+    assert found.provisioned_in == 41.5
+    assert not found.free
+    assert HostCandidate.from_body({"metadata": {"name": "x"}, "spec": {}}).state == "discovered"
+
+
+def test_label_selectors_as_kubernetes_evaluates_them() -> None:
+    labels = {"size": "big", "zone": "a"}
+    assert selector_matches(labels, None)
+    assert selector_matches(labels, LabelSelector(match_labels={"size": "big"}))
+    assert not selector_matches(labels, LabelSelector(match_labels={"size": "small"}))
+
+    def expr(operator: str, *values: str, key: str = "size") -> LabelSelector:
+        return LabelSelector(
+            match_expressions=[
+                LabelSelectorRequirement(key=key, operator=operator, values=list(values) or None)
+            ]
+        )  # type: ignore[arg-type]
+
+    assert selector_matches(labels, expr("In", "big", "huge"))
+    assert not selector_matches(labels, expr("In", "small"))
+    assert selector_matches(labels, expr("NotIn", "small"))
+    assert selector_matches(labels, expr("NotIn", "x", key="gpu"))
+    assert selector_matches(labels, expr("Exists"))
+    assert not selector_matches(labels, expr("Exists", key="gpu"))
+    assert selector_matches(labels, expr("DoesNotExist", key="gpu"))
+
+
+def test_only_free_matching_hosts_in_the_failure_domain_qualify() -> None:
+    hosts = [
+        host("h01", "provisioning"),
+        host("h02", "inspecting"),
+        HostCandidate(
+            "h03", "ns", "u", "1", "m", "available", {}, Consumer("PlunderMachine", "ns", "x")
+        ),
+        HostCandidate("h04", "ns", "u", "1", "m", "available", {}, deleting=True),
+        host("h05", zone="a", size="big"),
+        host("h06", zone="b", size="big"),
+        host("h07", zone="b", size="small"),
+    ]
+    big = LabelSelector(match_labels={"size": "big"})
+    assert choose_host(hosts, "m1", big, ("zone", "b")) == hosts[5]
+    assert choose_host(hosts, "m1", big, ("zone", "c")) is None
+    assert choose_host(hosts, "m1", big, None, exclude=frozenset({"h05", "h06"})) is None
+    assert choose_host(hosts[:4], "m1") is None
+
+
+def test_order_is_stable_per_machine_and_spread_across_machines() -> None:
+    hosts = [host(f"h{i:02d}") for i in range(20)]
+    first = choose_host(hosts, "machine-a")
+    assert first is not None and choose_host(list(reversed(hosts)), "machine-a") == first
+    firsts = Counter(getattr(choose_host(hosts, f"machine-{i}"), "name", None) for i in range(20))
+    assert len(firsts) >= 8, "twenty machines all trying the same few hosts first"
+
+
+def test_bound_host_and_failure_domains() -> None:
+    mine = Consumer("PlunderMachine", "ns", "m1")
+    hosts = [
+        host("h01", zone="a"),
+        HostCandidate("h02", "ns", "u", "1", "m", "provisioned", {"zone": "b"}, mine),
+    ]
+    assert bound_host(hosts, mine) == hosts[1]
+    assert bound_host(hosts, Consumer("PlunderMachine", "ns", "m2")) is None
+    assert failure_domains([*hosts, host("h03", zone="a"), host("h04")], "zone") == ["a", "b"]
