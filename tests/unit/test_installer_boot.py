@@ -41,6 +41,7 @@ def test_a_preseed_host_in_provisioning_boots_the_debian_installer() -> None:
     assert "plunder.token=t0k" in args and "BOOTIF=01-00-50-56-a5-11-20" in args
     assert "hostname=web-1" in args and "domain=localdomain" in args
     assert "netcfg/get_nameservers=172.31.99.1" in args
+    assert "netcfg/no_default_route=true" in args
     assert args.index("plunder.token=t0k") < args.index("---"), "the token must not persist"
     script = scripts.render_script(chosen, MAC, SERVER, 5)
     assert f"kernel {FILES}/installer/debian/linux initrd=initrd.gz auto=true" in script

@@ -47,6 +47,9 @@ def _debian_cmdline(target: InstallTarget, token: str) -> str:
             f"hostname={target.hostname}",
             f"domain={target.domain}",
             "netcfg/dhcp_timeout=60",
+            # A provisioning network need not route anywhere: don't stop to ask before the
+            # preseed (which would answer it) is fetched.
+            "netcfg/no_default_route=true",
             f"netcfg/get_nameservers={target.nameservers[0]}",  # one: no spaces here
             f"{TOKEN_PARAMETER}={token}",
             "console=ttyS0,115200n8",
