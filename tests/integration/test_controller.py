@@ -159,8 +159,11 @@ def test_controller_moves_hosts_when_work_is_set_and_taken_away(
         return (kube.get(hosts, "h1", namespace=namespace).get("status") or {}).get("state")
 
     wait_for(lambda: state() == "provisioning")
-    events = {(e.reason, e.message) for e in kube.list(Event, namespace=namespace)}
-    assert ("PlunderProvision", "Plunder has begun provisioning the Operating System") in events
+    begun = ("PlunderProvision", "Plunder has begun provisioning the Operating System")
+    # kopf posts events from a queue of its own, a moment after the write
+    wait_for(
+        lambda: begun in {(e.reason, e.message) for e in kube.list(Event, namespace=namespace)}
+    )
     kube.patch(
         hosts, "h1", {"spec": {"image": None}}, namespace=namespace, patch_type=PatchType.MERGE
     )
