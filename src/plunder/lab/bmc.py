@@ -157,7 +157,7 @@ def start_vbmcd(run_dir: Path) -> processes.Managed:
     )
     daemon = processes.start(
         VBMCD,
-        [sys.executable, "-m", "virtualbmc.cmd.vbmcd", "--foreground"],
+        [sys.executable, "-m", "plunder.lab.vbmcd", "--foreground"],  # one-time boot fix
         run_dir,
         env=_vbmc_env(run_dir),
     )
