@@ -98,6 +98,8 @@ def running_controller(plane: Plane, tmp_path: Path) -> Iterator[Controller]:
         yield controller
     finally:
         controller.stop()
+        # Captured output: pytest shows it only when the test failed.
+        print("controller log (tail):", *controller.log.read_text().splitlines()[-80:], sep="\n")
 
 
 @pytest.fixture

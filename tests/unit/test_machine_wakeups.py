@@ -49,6 +49,18 @@ async def test_a_released_hosts_watcher_is_woken_and_forgotten() -> None:
     wakeups.wake_host_watcher(("ns", "h1"))  # nobody listens any more: a no-op
 
 
+async def test_a_stopping_daemon_keeps_what_the_deletion_waits_for() -> None:
+    """A deleted machine's daemon stops while its deletion handler waits for a host's wipe."""
+    wakeups = Wakeups()
+    key = ("ns", "m1")
+    wakeups.listen(key)  # the daemon
+    wakeups.listen(key)  # the deletion handler
+    wakeups.watch_host(("ns", "h1"), key)
+    wakeups.forget(key)  # the daemon stopped
+    wakeups.wake_host_watcher(("ns", "h1"))  # the wipe finished
+    await asyncio.wait_for(wakeups.sleep(key, 5), 1)
+
+
 def test_the_ledger_hides_hosts_claimed_here_until_the_cache_shows_them() -> None:
     ledger = ClaimLedger()
     ledger.record(("ns", "h1"))

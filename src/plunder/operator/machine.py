@@ -68,12 +68,19 @@ class Wakeups:
 
     def __init__(self) -> None:
         self._events: dict[Key, asyncio.Event] = {}
+        self._listeners: dict[Key, int] = defaultdict(int)
         self._waiting_for_host: dict[str, set[str]] = defaultdict(set)
         self._by_cluster: dict[Key, set[str]] = defaultdict(set)
         self._host_watchers: dict[Key, Key] = {}
 
     def listen(self, key: Key) -> asyncio.Event:
-        """Start keeping wakeups of ``key`` (before its first reconcile, so none is lost)."""
+        """Start keeping wakeups of ``key`` (before its first reconcile, so none is lost).
+
+        Each ``listen`` is paired with one :meth:`forget`: a machine's daemon and its deletion
+        handler both listen while it is deleted, and the daemon, stopping, must not drop what
+        the deletion waits for.
+        """
+        self._listeners[key] += 1
         return self._events.setdefault(key, asyncio.Event())
 
     def wake(self, key: Key) -> None:
@@ -111,7 +118,11 @@ class Wakeups:
             self.wake(key)
 
     def forget(self, key: Key) -> None:
-        """The machine's daemon (or deletion) ended."""
+        """The machine's daemon (or deletion) ended: drop its wakeups once no one listens."""
+        self._listeners[key] -= 1
+        if self._listeners[key] > 0:
+            return
+        del self._listeners[key]
         namespace, name = key
         self._events.pop(key, None)
         for host in [h for h, watcher in self._host_watchers.items() if watcher == key]:
@@ -121,8 +132,8 @@ class Wakeups:
             members.discard(name)
 
     async def sleep(self, key: Key, seconds: float) -> None:
-        """Sleep until woken or ``seconds`` pass."""
-        event = self.listen(key)
+        """Sleep until woken or ``seconds`` pass (``key`` must be listened to)."""
+        event = self._events.setdefault(key, asyncio.Event())
         try:
             await asyncio.wait_for(event.wait(), seconds)
         except TimeoutError:
