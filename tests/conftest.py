@@ -129,13 +129,14 @@ async def running(service: BootService) -> AsyncIterator[BootService]:
 
 @contextmanager
 def provider_controller(
-    kubeconfig: Path, run_dir: Path, namespace: str | None = None
+    kubeconfig: Path, run_dir: Path, namespace: str | None = None, *args: str
 ) -> Iterator[processes.Managed]:
     """`plunderctl controller` as a process (watching only ``namespace`` if given)."""
     port = processes.free_port()
     watch = ["--namespace", namespace] if namespace else []
     argv = [sys.executable, "-m", "plunder.cli.main", "controller", "--kubeconfig", str(kubeconfig)]
-    managed = processes.start("controller", [*argv, *watch, "--liveness-port", str(port)], run_dir)
+    argv += [*watch, *args, "--liveness-port", str(port)]
+    managed = processes.start("controller", argv, run_dir)
     try:
         processes.wait_until(
             processes.http_ok(f"http://127.0.0.1:{port}/healthz"), "controller", managed

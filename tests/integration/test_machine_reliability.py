@@ -143,7 +143,7 @@ def test_kill_9_while_three_machines_provision(
 def test_two_controllers_end_one_to_one(
     plane: Plane, kube: Client, cluster_api_crds: list[str], namespace: str, tmp_path: Path
 ) -> None:
-    """No leader election yet: guarded writes on both sides bring two replicas to one-to-one.
+    """Without ``--leader-elect``, guarded writes on both sides bring two replicas to one-to-one.
 
     A host is never given to two machines (its claim is one guarded write). A replica whose cache
     is behind may claim a second host for a machine the other replica already served; it gives

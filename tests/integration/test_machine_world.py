@@ -55,10 +55,13 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0, what: str =
 class Controller:
     """``plunderctl controller`` as a subprocess that a test can kill -9 and start again."""
 
-    def __init__(self, plane: Plane, log: Path, namespace: str | None = None) -> None:
+    def __init__(
+        self, plane: Plane, log: Path, namespace: str | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.plane = plane
         self.log = log
         self.namespace = namespace
+        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -68,6 +71,7 @@ class Controller:
                 [
                     *controller_argv(self.plane.kubeconfig, port),
                     *(["--namespace", self.namespace] if self.namespace else []),
+                    *self.args,
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -91,8 +95,8 @@ class Controller:
 
 
 @contextlib.contextmanager
-def running_controller(plane: Plane, tmp_path: Path) -> Iterator[Controller]:
-    controller = Controller(plane, tmp_path / "controller.log")
+def running_controller(plane: Plane, tmp_path: Path, *args: str) -> Iterator[Controller]:
+    controller = Controller(plane, tmp_path / "controller.log", args=args)
     controller.start()
     try:
         yield controller

@@ -130,6 +130,14 @@ def test_the_boot_service_makes_its_key_only_in_its_own_namespace(
     assert not can_i(kubectl, BOOT, "create", "secrets", "default")
 
 
+def test_the_controller_holds_its_lease_only_in_its_own_namespace(
+    components: None, kubectl: list[str]
+) -> None:
+    assert can_i(kubectl, CONTROLLER, "update", "leases.coordination.k8s.io", SYSTEM)
+    assert not can_i(kubectl, CONTROLLER, "update", "leases.coordination.k8s.io", "default")
+    assert not can_i(kubectl, CONTROLLER, "delete", "leases.coordination.k8s.io", SYSTEM)
+
+
 def test_the_controller_reconciles_as_its_service_account(
     components: None,
     plane: Plane,
@@ -142,7 +150,8 @@ def test_the_controller_reconciles_as_its_service_account(
     kubeconfig = service_account_kubeconfig(
         kubectl, plane, "plunder-controller", tmp_path / "kubeconfig"
     )
-    with provider_controller(kubeconfig, tmp_path, namespace) as controller:
+    lease = ("--leader-elect", "--leader-election-namespace", SYSTEM)
+    with provider_controller(kubeconfig, tmp_path, namespace, *lease) as controller:
         world.create_cluster(kube, namespace)
         world.create_host(kube, namespace, "h0", "00:50:56:a5:11:30")
         world.create_machine(kube, namespace, "m0")
@@ -161,6 +170,7 @@ def test_the_controller_reconciles_as_its_service_account(
         assert host["spec"]["image"]["url"] == world.IMAGE["url"]
     log = controller.log.read_text()
     assert "Forbidden" not in log and "forbidden" not in log, log[-3000:]
+    assert "became the leader" in log
 
 
 @pytest.fixture

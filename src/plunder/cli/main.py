@@ -66,7 +66,23 @@ def crds(output_dir: Path | None) -> None:
 @options.kubeconfig
 @click.option("--namespace", default=None, help="Watch one namespace only (default: all).")
 @click.option("--liveness-port", type=int, default=None, help="Serve /healthz on this port.")
-def controller(kubeconfig: Path | None, namespace: str | None, liveness_port: int | None) -> None:
+@click.option(
+    "--leader-elect",
+    is_flag=True,
+    help="Run the handlers only while holding the Lease plunder-controller (for replicas > 1).",
+)
+@click.option(
+    "--leader-election-namespace",
+    default=None,
+    help="The Lease's namespace (default: --namespace, else the pod's, else default).",
+)
+def controller(
+    kubeconfig: Path | None,
+    namespace: str | None,
+    liveness_port: int | None,
+    leader_elect: bool,
+    leader_election_namespace: str | None,
+) -> None:
     """Run the controllers (kopf operator) until SIGTERM."""
     from plunder.k8s import client as k8s_client
     from plunder.k8s import crds as k8s_crds
@@ -81,7 +97,16 @@ def controller(kubeconfig: Path | None, namespace: str | None, liveness_port: in
             "install them with: plunderctl crds | kubectl apply --server-side -f -"
         )
         sys.exit(2)
-    run_operator(namespace, liveness_port)
+    lease_namespace = None
+    if leader_elect:
+        lease_namespace = leader_election_namespace or namespace or _pod_namespace() or "default"
+    run_operator(namespace, liveness_port, lease_namespace)
+
+
+def _pod_namespace() -> str | None:
+    """The namespace this process runs in, when it runs in a pod."""
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    return path.read_text().strip() if path.exists() else None
 
 
 @cli.group()

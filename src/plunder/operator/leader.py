@@ -1,0 +1,175 @@
+"""Leader election on a coordination.k8s.io Lease, as controller-runtime does it.
+
+Only the replica holding the Lease runs the handlers; the others wait. The holder renews the
+Lease every :attr:`LeaseTiming.retry` seconds; when it cannot renew within
+:attr:`LeaseTiming.renew_deadline` it exits at once, so it stops acting before another replica
+may take over (after :attr:`LeaseTiming.duration` without renewals). A replica that stops
+cleanly gives the Lease up, so its successor need not wait for it to expire.
+
+Expiry is judged by when *this* replica last saw the record change (its own clock), never by
+comparing another host's ``renewTime`` with it: clocks of two machines may disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from lightkube import Client
+from lightkube.core.exceptions import ApiError
+from lightkube.models.coordination_v1 import LeaseSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.coordination_v1 import Lease
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "plunder-controller"
+
+
+@dataclass(frozen=True)
+class LeaseTiming:
+    """controller-runtime's defaults."""
+
+    duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry: float = 2.0
+
+
+def identity() -> str:
+    """This replica's name on the Lease: its host (the pod's name in a pod), made unique."""
+    return f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+
+
+class LeaderElector:
+    """Acquires, renews and releases one Lease."""
+
+    def __init__(
+        self,
+        client: Client,
+        namespace: str,
+        name: str = LEASE_NAME,
+        timing: LeaseTiming | None = None,
+        holder: str | None = None,
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.name = name
+        self.timing = timing or LeaseTiming()
+        self.holder = holder or identity()
+        self._observed: tuple[str | None, float] = (None, 0.0)
+        """The record last seen (holder and renew time) and when, on this replica's clock."""
+        self._stop = threading.Event()
+
+    def try_acquire_or_renew(self) -> bool:
+        """One attempt; True if this replica holds the Lease now."""
+        now = datetime.now(UTC)
+        try:
+            lease = self.client.get(Lease, self.name, namespace=self.namespace)
+        except ApiError as error:
+            if error.status.code != 404:
+                raise
+            return self._create(now)
+        spec = lease.spec or LeaseSpec()
+        record = f"{spec.holderIdentity}@{spec.renewTime}"
+        if record != self._observed[0]:
+            self._observed = (record, time.monotonic())
+        held_by_other = bool(spec.holderIdentity) and spec.holderIdentity != self.holder
+        expired = time.monotonic() - self._observed[1] > (
+            spec.leaseDurationSeconds or self.timing.duration
+        )
+        if held_by_other and not expired:
+            return False
+        taking_over = spec.holderIdentity != self.holder
+        lease.spec = LeaseSpec(
+            holderIdentity=self.holder,
+            leaseDurationSeconds=int(self.timing.duration),
+            acquireTime=now if taking_over else spec.acquireTime,
+            renewTime=now,
+            leaseTransitions=(spec.leaseTransitions or 0) + (1 if taking_over else 0),
+        )
+        try:  # guarded by the resourceVersion just read: one winner among racing replicas
+            self.client.replace(lease)
+        except ApiError as error:
+            if error.status.code == 409:
+                return False
+            raise
+        return True
+
+    def _create(self, now: datetime) -> bool:
+        lease = Lease(
+            metadata=ObjectMeta(name=self.name, namespace=self.namespace),
+            spec=LeaseSpec(
+                holderIdentity=self.holder,
+                leaseDurationSeconds=int(self.timing.duration),
+                acquireTime=now,
+                renewTime=now,
+                leaseTransitions=0,
+            ),
+        )
+        try:
+            self.client.create(lease)
+        except ApiError as error:
+            if error.status.code == 409:
+                return False
+            raise
+        return True
+
+    def acquire(self) -> None:
+        """Block until this replica holds the Lease."""
+        log.info("waiting for the lease %s/%s as %s", self.namespace, self.name, self.holder)
+        while not self._attempt():
+            time.sleep(self.timing.retry)
+        log.info("became the leader (lease %s/%s)", self.namespace, self.name)
+
+    def _attempt(self) -> bool:
+        try:
+            return self.try_acquire_or_renew()
+        except Exception as error:  # noqa: BLE001 - the API server may be away a moment
+            log.warning("lease %s/%s: %r", self.namespace, self.name, error)
+            return False
+
+    def keep_renewing(self, on_lost: Callable[[], None]) -> threading.Thread:
+        """Renew in a background thread; call ``on_lost`` if a renewal deadline passes."""
+
+        def renew() -> None:
+            last = time.monotonic()
+            while not self._stop.wait(self.timing.retry):
+                if self._attempt():
+                    last = time.monotonic()
+                elif time.monotonic() - last > self.timing.renew_deadline:
+                    on_lost()
+                    return
+
+        thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+        thread.start()
+        return thread
+
+    def release(self) -> None:
+        """Stop renewing and give the Lease up, if it is still ours."""
+        self._stop.set()
+        try:
+            lease = self.client.get(Lease, self.name, namespace=self.namespace)
+            if lease.spec is None or lease.spec.holderIdentity != self.holder:
+                return
+            lease.spec.holderIdentity = None
+            lease.spec.leaseDurationSeconds = 1
+            self.client.replace(lease)
+        except ApiError as error:
+            log.warning("lease %s/%s not released: %s", self.namespace, self.name, error)
+
+
+def exit_on_lost_leadership() -> None:
+    """Exit at once, like controller-runtime.
+
+    Finishing the handlers in flight would let them write after another replica took over.
+    """
+    log.error("leader election lost: exiting")
+    logging.shutdown()
+    os._exit(1)
