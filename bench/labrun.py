@@ -5,10 +5,6 @@ Run from the repository: `.venv/bin/python bench/<benchmark>.py`; this file sits
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,26 +16,16 @@ from typing import Any, TypeVar
 
 from lightkube import Client
 
-from plunder.api.inventory import PlunderHost
-from plunder.k8s.client import sync_client
-from plunder.k8s.resources import as_dict, resource_for
-from plunder.lab import processes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' lab helper
+
+from tests.conftest import isolated_lab  # noqa: E402
+
+from plunder.api.inventory import PlunderHost  # noqa: E402
+from plunder.k8s.client import sync_client  # noqa: E402
+from plunder.k8s.resources import as_dict, resource_for  # noqa: E402
 
 HOSTS = resource_for(PlunderHost)
 T = TypeVar("T")
-
-
-def plunderctl(*args: str) -> str:
-    """Run plunderctl; its output, or an error with everything it said."""
-    result = subprocess.run(
-        [sys.executable, "-m", "plunder.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    if result.returncode != 0:
-        raise RuntimeError(result.stdout + result.stderr)
-    return result.stdout
 
 
 @dataclass(frozen=True)
@@ -80,31 +66,5 @@ def wait_for(predicate: Callable[[], T | None], what: str, timeout: float) -> T:
 @contextmanager
 def running_lab(folder: Path, *options: str) -> Iterator[Lab]:
     """`plunderctl lab up` on a namespace, subnet and ports of its own; `lab down` after."""
-    ports = [str(processes.free_port()) for _ in range(3)]
-    octet = 140 + secrets.randbelow(100)
-    plunderctl(
-        "lab",
-        "up",
-        "--dir",
-        str(folder),
-        "--netns",
-        f"plunder-bench-{secrets.token_hex(2)}",
-        "--address",
-        f"172.31.{octet}.1/24",
-        "--apiserver-port",
-        ports[0],
-        "--etcd-port",
-        ports[1],
-        "--controller-port",
-        ports[2],
-        *options,
-    )
-    try:
-        yield Lab(
-            folder,
-            sync_client(folder / "kubeconfig"),
-            json.loads((folder / "hosts.json").read_text()),
-            IPv4Network(f"172.31.{octet}.0/24"),
-        )
-    finally:
-        plunderctl("lab", "down", "--dir", str(folder))
+    with isolated_lab(folder, *options, prefix="plunder-bench") as running:
+        yield Lab(folder, sync_client(running.kubeconfig), running.hosts(), running.subnet)

@@ -7,14 +7,18 @@ session (integration and end-to-end tests share it).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,7 @@ from lightkube.resources.core_v1 import Namespace
 from plunder.boot.service import BootService
 from plunder.k8s import client as k8s_client
 from plunder.k8s import crds
-from plunder.lab import binaries, capi, processes
+from plunder.lab import binaries, capi, network, processes
 from plunder.lab.plane import Plane, start_plane
 
 # The HTTP client logs each request at INFO; failures are easier to read without them.
@@ -202,3 +206,47 @@ def lab_up(folder: Path, *options: str) -> subprocess.CompletedProcess[str]:
         ports[2],
         *options,
     )
+
+
+@dataclass
+class IsolatedLab:
+    """A lab on a network namespace, subnet, ports and folder of its own."""
+
+    folder: Path
+    netns: str
+    subnet: IPv4Network
+    up: subprocess.CompletedProcess[str]
+    down: subprocess.CompletedProcess[str] | None = None
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.folder / "kubeconfig"
+
+    def hosts(self) -> list[dict[str, Any]]:
+        """The VM hosts `lab up` started (hosts.json)."""
+        hosts: list[dict[str, Any]] = json.loads((self.folder / "hosts.json").read_text())
+        return hosts
+
+
+@contextmanager
+def isolated_lab(
+    folder: Path, *options: str, subnet: IPv4Network | None = None, prefix: str = "plunder-e2e"
+) -> Iterator[IsolatedLab]:
+    """`plunderctl lab up` (a random 172.31.x.0/24 unless ``subnet``), then `lab down`, checked.
+
+    `lab down` must leave no process of the lab's folder and no network namespace behind.
+    """
+    subnet = subnet or IPv4Network(f"172.31.{140 + secrets.randbelow(100)}.0/24")
+    netns = f"{prefix}-{secrets.token_hex(3)}"
+    address = f"{subnet.network_address + 1}/{subnet.prefixlen}"
+    up = lab_up(folder, "--netns", netns, "--address", address, *options)
+    lab = IsolatedLab(folder, netns, subnet, up)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield lab
+    finally:
+        lab.down = plunderctl("lab", "down", "--dir", str(folder))
+        assert lab.down.returncode == 0, lab.down.stderr
+        leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True)
+        assert leftovers.stdout == "", f"lab down left processes: {leftovers.stdout}"
+        assert not network.namespace_exists(netns), "lab down left the namespace"

@@ -11,9 +11,9 @@ Machine waits for its bootstrap data, which needs an initialized control plane.
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 from collections.abc import Iterator
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ import pytest
 from plunder.k8s import capi
 from plunder.k8s.client import sync_client
 from plunder.lab import binaries
-from tests.conftest import eventually, lab_up, nested, plunderctl
+from tests.conftest import eventually, isolated_lab, nested
 
 pytestmark = pytest.mark.e2e
 
@@ -32,14 +32,9 @@ HOST_MAC = "00:50:56:a5:11:20"
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A lab of one host on the examples' subnet (172.31.99.0/24), in a namespace of its own."""
     folder = tmp_path_factory.mktemp("lab")
-    netns = f"plunder-e2e-{secrets.token_hex(3)}"
-    up = lab_up(folder, "--hosts", "1", "--firmware", "bios", "--netns", netns)
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield folder
-    finally:
-        down = plunderctl("lab", "down", "--dir", str(folder))
-        assert down.returncode == 0, down.stderr
+    examples = IPv4Network("172.31.99.0/24")
+    with isolated_lab(folder, "--hosts", "1", "--firmware", "bios", subnet=examples) as running:
+        yield running.folder
 
 
 def test_the_walkthrough_provisions_the_control_plane_machine_with_its_kubeadm_data(

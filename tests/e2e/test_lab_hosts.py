@@ -8,7 +8,6 @@ three blank hosts (two legacy BIOS, one UEFI) with VMware MACs as in the origina
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import subprocess
 import time
@@ -28,8 +27,7 @@ from lightkube.types import PatchType
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.client import sync_client
 from plunder.k8s.resources import as_dict, resource_for
-from plunder.lab import network
-from tests.conftest import lab_up, plunderctl
+from tests.conftest import isolated_lab, plunderctl
 
 pytestmark = pytest.mark.e2e
 
@@ -63,29 +61,18 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 120) -> A
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
-    folder = tmp_path_factory.mktemp("lab")
-    octet = 140 + secrets.randbelow(100)
-    netns = f"plunder-e2e-{secrets.token_hex(3)}"
-    up = lab_up(folder, "--hosts", "3", "--netns", netns, "--address", f"172.31.{octet}.1/24")
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        assert "Hosts network-booting: plunder-host-1 (bios, 00:50:56:a5:11:20)" in up.stdout
-        hosts = json.loads((folder / "hosts.json").read_text())
+    with isolated_lab(tmp_path_factory.mktemp("lab"), "--hosts", "3") as running:
+        up = running.up.stdout
+        assert "Hosts network-booting: plunder-host-1 (bios, 00:50:56:a5:11:20)" in up
         yield RunningLab(
-            folder,
-            sync_client(folder / "kubeconfig"),
-            {"KUBECONFIG": str(folder / "kubeconfig")},
-            hosts,
-            IPv4Network(f"172.31.{octet}.0/24"),
+            running.folder,
+            sync_client(running.kubeconfig),
+            {"KUBECONFIG": str(running.kubeconfig)},
+            running.hosts(),
+            running.subnet,
         )
-    finally:
-        down = plunderctl("lab", "down", "--dir", str(folder))
-        assert down.returncode == 0, down.stderr
-        assert "hosts" in down.stdout
-        assert not folder.exists()
-        assert not network.namespace_exists(netns), "lab down left the namespace"
-        leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True)
-        assert leftovers.stdout == "", f"lab down left processes: {leftovers.stdout}"
+    assert running.down is not None and "hosts" in running.down.stdout
+    assert not running.folder.exists()
 
 
 def hosts_by_mac(lab: RunningLab, state: str | None = None) -> dict[str, dict[str, Any]]:

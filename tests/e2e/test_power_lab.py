@@ -7,8 +7,6 @@ off, on, and power-cycled with plunderctl, and libvirt must agree each time.
 from __future__ import annotations
 
 import json
-import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,26 +20,16 @@ from plunder.boot import macs
 from plunder.k8s.client import sync_client
 from plunder.k8s.resources import as_dict, resource_for
 from plunder.lab import hypervisor, vms
-from tests.conftest import lab_up, plunderctl
+from tests.conftest import isolated_lab, plunderctl
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    folder = tmp_path_factory.mktemp("lab")
-    octet = 140 + secrets.randbelow(100)
-    netns = f"plunder-e2e-{secrets.token_hex(3)}"
-    up = lab_up(folder, "--hosts", "2", "--netns", netns, "--address", f"172.31.{octet}.1/24")
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield folder
-    finally:
-        down = plunderctl("lab", "down", "--dir", str(folder))
-        assert down.returncode == 0, down.stderr
-        assert "bmcs" in down.stdout
-        leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True)
-        assert leftovers.stdout == "", f"lab down left processes: {leftovers.stdout}"
+    with isolated_lab(tmp_path_factory.mktemp("lab"), "--hosts", "2") as running:
+        yield running.folder
+    assert running.down is not None and "bmcs" in running.down.stdout
 
 
 def wait_for(predicate: Any, what: str, timeout: float = 60) -> Any:
