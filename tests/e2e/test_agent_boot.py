@@ -1,7 +1,8 @@
 """The real agent, booted in QEMU (TCG), against a fake boot service on loopback.
 
 One boot walks the agent through every kind of work: a checksum mismatch, a metadata wipe, a
-missing image, an image too big for the disk, a full wipe, and finally a good raw-gzip image of
+missing image, an image too big for the disk, checksum files that are missing or name another
+image, a full wipe, and finally a good raw-gzip image (checked against a checksum file) of
 an MBR disk with an ext4 root, which it writes, seeds with cloud-init data and reboots from
 (``-no-reboot`` turns that reboot into QEMU's exit). The fake service answers the agent's
 protocol, records every request, and looks at the disk file each time an action ends.
@@ -225,14 +226,23 @@ async def test_agent_inspects_writes_verifies_wipes_and_seeds(tmp_path: Path) ->
 
     service = FakeBootService(
         disk=disk,
-        images={"blob.raw": blob, "os.raw.gz": compressed},
+        images={
+            "blob.raw": blob,
+            "os.raw.gz": compressed,
+            # Checksum files as sha256sum writes them: one naming other images, one ours too.
+            # (A file of one line is taken whatever it names, as Ironic does.)
+            "other.sha256": f"{good_sum}  other.raw.gz\n{good_sum}  old.raw.gz\n".encode(),
+            "SHA256SUMS": f"{'0' * 64}  blob.raw\n{good_sum.upper()} *os.raw.gz\n".encode(),
+        },
         work=[
             provision_work("blob.raw", "0" * 64, server=IMAGE_MIRROR),
             work(action="wipe", wipe_mode="metadata"),
             provision_work("missing.raw", good_sum),
             provision_work("huge.raw", good_sum),
+            provision_work("os.raw.gz", f"{GUEST_SERVER}/images/missing.sha256", "raw-gzip"),
+            provision_work("os.raw.gz", f"{IMAGE_MIRROR}/images/other.sha256", "raw-gzip"),
             work(action="wipe", wipe_mode="full"),
-            provision_work("os.raw.gz", good_sum.upper(), "raw-gzip"),
+            provision_work("os.raw.gz", f"{IMAGE_MIRROR}/images/SHA256SUMS", "raw-gzip"),
         ],
     )
     runner = web.AppRunner(service.app(), access_log=None)
@@ -311,6 +321,8 @@ async def test_agent_inspects_writes_verifies_wipes_and_seeds(tmp_path: Path) ->
         ("done", "Wiped"),
         ("failed", "ImageDownloadFailed"),
         ("failed", "DiskTooSmall"),
+        ("failed", "ChecksumUnavailable"),
+        ("failed", "ChecksumUnavailable"),
         ("done", "Wiped"),
         ("writing", "Writing"),
         ("verifying", "Verifying"),
@@ -323,7 +335,10 @@ async def test_agent_inspects_writes_verifies_wipes_and_seeds(tmp_path: Path) ->
     assert mismatch.second == blob[MIB:]
     assert wiped.head == bytes(MIB) and wiped.tail == bytes(MIB)
     assert wiped.second == blob[MIB:], "a metadata wipe only touches the ends"
-    full_wipe = service.statuses[6]
+    unavailable = [status.message for status in service.statuses[6:8]]
+    assert "missing.sha256" in unavailable[0] and "404" in unavailable[0], unavailable
+    assert unavailable[1].endswith("names no os.raw.gz"), unavailable
+    full_wipe = service.statuses[8]
     assert full_wipe.head == full_wipe.second == full_wipe.tail == bytes(MIB)
     assert service.statuses[-1].bytes == len(disk_image)
 
@@ -345,7 +360,8 @@ async def test_agent_inspects_writes_verifies_wipes_and_seeds(tmp_path: Path) ->
     own = [request for request in service.requests if request[3] != mirror]
     assert len([request for request in own if request[1].startswith("/agent/")]) >= 10
     assert all(auth == f"Bearer {TOKEN}" for _, _, auth, _ in own)
-    assert [auth for _, _, auth, host in service.requests if host == mirror] == [None, None]
+    # The mirror: the mismatched image (its length, then its bytes) and two checksum files.
+    assert [auth for _, _, auth, host in service.requests if host == mirror] == [None] * 4
     assert TOKEN not in log
     assert "user-data-7c41b2" not in log
     assert "plunder-agent: inspection reported" in log

@@ -1,7 +1,7 @@
 """The seed's walkthrough in the lab, end to end, with Cluster API's real controllers.
 
 `plunderctl lab up --hosts 1` runs everything (plane, Cluster API, the provider, the boot service,
-one blank BIOS host with its BMC); `kubectl apply -f <lab>/examples/simple/` then takes the
+one blank BIOS host with its BMC); `kubectl apply -f examples/simple/` then takes the
 control-plane Machine to provisioned on that host with a ``plunder://<mac>`` provider ID, and the
 kubeadm bootstrap data reaches the host: cloud-init runs its ``kubeadm init`` (which fails, as the
 image carries no Kubernetes: that is as far as a lab without container images goes). The worker
@@ -26,6 +26,8 @@ from tests.conftest import eventually, isolated_lab, nested
 pytestmark = pytest.mark.e2e
 
 HOST_MAC = "00:50:56:a5:11:20"
+EXAMPLES = binaries.repository_root() / "examples" / "simple"
+"""The repository's own files, as a person applies them."""
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_the_walkthrough_provisions_the_control_plane_machine_with_its_kubeadm_d
 ) -> None:
     env = {**os.environ, "KUBECONFIG": str(lab / "kubeconfig")}
     applied = subprocess.run(
-        [str(binaries.ensure_binary("kubectl")), "apply", "-f", str(lab / "examples" / "simple")],
+        [str(binaries.ensure_binary("kubectl")), "apply", "-f", str(EXAMPLES)],
         capture_output=True,
         text=True,
         env=env,

@@ -165,6 +165,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.image.checksum must be the image's lower-case hex digest",
     ),
     (
+        "checksum file on ftp",
+        machine(deploymentType=None, image=image(checksum="ftp://172.31.99.1/SHA256SUMS")),
+        "or the http(s) URL of a checksum file",
+    ),
+    (
         "sha512 with a sha256-sized digest",
         machine(deploymentType=None, image=image(checksumType="sha512")),
         "spec.image.checksum must be the image's lower-case hex digest",
@@ -331,6 +336,14 @@ def test_valid_objects_of_every_kind_are_accepted(
             "kind": "PlunderMachineTemplate",
             "metadata": {"name": "t"},
             "spec": {"template": {"spec": {"image": image(format="raw-xz")}}},
+        },
+        {
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
+            "kind": "PlunderMachineTemplate",
+            "metadata": {"name": "from-a-checksum-file"},
+            "spec": {
+                "template": {"spec": {"image": image(checksum="http://172.31.99.1/SHA256SUMS")}}
+            },
         },
         {
             "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",

@@ -70,8 +70,8 @@ def test_lab_up_status_down(tmp_path: Path) -> None:
 
         status = plunderctl("lab", "status", "--dir", str(lab_dir))
         assert status.returncode == 0
-        # etcd, kube-apiserver, the controller and Cluster API's three managers.
-        assert status.stdout.count("running") == 6
+        # etcd, kube-apiserver, the controller, Cluster API's three managers and the IPAM provider.
+        assert status.stdout.count("running") == 7
         pids = [
             int((lab_dir / f"{name}.pid").read_text())
             for name in ("etcd", "kube-apiserver", "controller")
@@ -80,7 +80,7 @@ def test_lab_up_status_down(tmp_path: Path) -> None:
         down = plunderctl("lab", "down", "--dir", str(lab_dir))
     assert down.returncode == 0
     assert (
-        "stopped: controller, capi-manager, kubeadm-bootstrap-manager, "
+        "stopped: controller, ipam-in-cluster-manager, capi-manager, kubeadm-bootstrap-manager, "
         "kubeadm-control-plane-manager, kube-apiserver, etcd" in down.stdout
     )
     assert not any(processes.is_running(pid) for pid in pids)

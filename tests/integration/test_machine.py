@@ -1,6 +1,7 @@
 """The PlunderMachine controller against the real plane.
 
-Contract order, claim, provisioning mirrored into the machine, release on delete, pause, IPAM.
+Contract order, claim, provisioning mirrored into the machine, release on delete, pause.
+Addresses from an IPAM pool: test_ipam_incluster.py (with the real in-cluster IPAM provider).
 
 The controller runs as ``plunderctl controller``; the test plays Cluster API (Cluster, Machine,
 bootstrap Secret) and the hosts' agent (:class:`Agent`).
@@ -12,7 +13,6 @@ import pytest
 from lightkube import Client
 from lightkube.types import PatchType
 
-from plunder.k8s import capi
 from plunder.lab.plane import Plane
 from tests.integration.test_machine_world import (
     HOSTS,
@@ -193,59 +193,6 @@ def test_pause_stops_changes_until_lifted(plane: Plane, kube: Client, namespace:
     unpause = {"metadata": {"annotations": {"cluster.x-k8s.io/paused": None}}}
     kube.patch(MACHINES, "m0", unpause, namespace=namespace, patch_type=PatchType.MERGE)
     wait_for(lambda: machine_gone(kube, namespace, "m0"), what="deleted once unpaused")
-
-
-def test_address_from_an_ipam_pool(plane: Plane, kube: Client, namespace: str) -> None:
-    """The test plays the IPAM provider: it answers the claim with an IPAddress."""
-    create_cluster(kube, namespace)
-    create_host(kube, namespace, "h0", "00:50:56:a5:11:20")
-    pool = {"apiGroup": "ipam.cluster.x-k8s.io", "kind": "InClusterIPPool", "name": "pool"}
-    create_machine(kube, namespace, "m0", spec={"addressFromPool": pool})
-    wait_for(lambda: reason(kube, namespace, "m0") == "WaitingForIPAddress", what="waits for IP")
-
-    claim = kube.get(capi.IPAddressClaim, "m0", namespace=namespace)
-    assert claim["spec"]["poolRef"] == pool and claim["spec"]["clusterName"] == "c1"
-    [owner] = claim["metadata"]["ownerReferences"]
-    assert (owner["kind"], owner["name"], owner["controller"]) == ("PlunderMachine", "m0", True)
-    assert claims(kube, namespace) == {}
-
-    kube.create(
-        capi.IPAddress.from_dict(
-            {
-                "apiVersion": f"{capi.IPAM_GROUP}/{capi.IPAM_VERSION}",
-                "kind": "IPAddress",
-                "metadata": {"name": "m0", "namespace": namespace},
-                "spec": {
-                    "address": "10.20.0.7",
-                    "prefix": 16,
-                    "gateway": "10.20.0.1",
-                    "claimRef": {"name": "m0"},
-                    "poolRef": pool,
-                },
-            }
-        )
-    )
-    kube.patch(
-        capi.IPAddressClaim.Status,
-        "m0",
-        {"status": {"addressRef": {"name": "m0"}}},
-        namespace=namespace,
-        patch_type=PatchType.MERGE,
-    )
-    wait_for(lambda: claims(kube, namespace) == {"h0": "m0"}, what="claimed with the address")
-    [host] = hosts(kube, namespace)
-    assert host["spec"]["network"] == {
-        "ipAddress": "10.20.0.7",
-        "prefixLength": 16,
-        "gateway": "10.20.0.1",
-    }
-    wait_for(
-        lambda: (
-            {"type": "InternalIP", "address": "10.20.0.7"}
-            in (machine(kube, namespace, "m0").get("status") or {}).get("addresses", [])
-        ),
-        what="address in status",
-    )
 
 
 def test_a_moved_machine_finds_its_host_again(plane: Plane, kube: Client, namespace: str) -> None:

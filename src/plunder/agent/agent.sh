@@ -425,9 +425,27 @@ written_bytes() {
 		"$RUN/dd.err"
 }
 
+# published_checksum URL NAME: the digest a checksum file (as sha256sum writes it) gives for
+# the file NAME, or its only line's; on failure, why (and a non-zero status).
+published_checksum() {
+	if ! image_wget 30 "$1" -q -O "$RUN/checksum" 2>"$RUN/wget.err"; then
+		echo "the checksum file $1: $(http_error)"
+		return 1
+	fi
+	digest=$(awk -v name="$2" '
+		{ lines++; only = $1 }
+		$2 == name || $2 == "*" name { print $1; found = 1; exit }
+		END { if (!found && lines == 1) print only }' "$RUN/checksum")
+	if [ -z "$digest" ]; then
+		echo "the checksum file $1 names no $2"
+		return 1
+	fi
+	echo "$digest"
+}
+
 provision() {
 	URL=$(work_value image_url)
-	SUM=$(work_value image_checksum | tr 'A-F' 'a-f')
+	SUM=$(work_value image_checksum)
 	SUM_TYPE=$(work_value image_checksum_type)
 	FORMAT=$(work_value image_format)
 	ROOT=$(work_value root_device)
@@ -472,6 +490,16 @@ provision() {
 		report failed DiskTooSmall "image is $length bytes, $ROOT holds $capacity"
 		return 1
 	fi
+
+	case $SUM in
+	http://* | https://*)
+		if ! SUM=$(published_checksum "$SUM" "${URL##*/}"); then
+			report failed ChecksumUnavailable "$SUM"
+			return 1
+		fi
+		;;
+	esac
+	SUM=$(echo "$SUM" | tr 'A-F' 'a-f')
 
 	speed=$(disk_write_speed "$ROOT" "$capacity")
 	report writing Writing "streaming $FORMAT image to $ROOT" 0 "$speed"

@@ -198,11 +198,13 @@ class Image(KubeModel):
                 field_path=".checksum",
             ),
             cel(
-                "!has(self.checksum) || (self.checksumType == 'sha512'"
+                "!has(self.checksum) || (self.checksum.matches('^https?://')"
+                " ? isURL(self.checksum)"
+                " : self.checksumType == 'sha512'"
                 " ? self.checksum.matches('^[0-9a-f]{128}$')"
                 " : self.checksum.matches('^[0-9a-f]{64}$'))",
                 "spec.image.checksum must be the image's lower-case hex digest for checksumType "
-                "(64 digits for sha256, 128 for sha512)",
+                "(64 digits for sha256, 128 for sha512), or the http(s) URL of a checksum file",
                 field_path=".checksum",
             ),
         )
@@ -218,8 +220,11 @@ class Image(KubeModel):
         ),
     )
     """Where the image is served from (usually the boot service's HTTP server)."""
-    checksum: str | None = Field(default=None, max_length=128)
-    """The image's digest in lower-case hex; a mismatch fails the host instead of booting it."""
+    checksum: str | None = Field(default=None, max_length=2048)
+    """The image's digest in lower-case hex, or (as in Metal3) the URL of a checksum file as
+    ``sha256sum`` writes it: the line naming the image's file, or the file's only line. The
+    agent fetches that file just before writing. A mismatch fails the host instead of booting
+    it."""
     checksum_type: ChecksumType = "sha256"
     """The digest's algorithm: sha256 or sha512."""
     format: ImageFormat = "raw"

@@ -183,10 +183,7 @@ def lab_up(
     if info.boot_url:
         console.print(f"Boot service: {info.boot_url} (namespace {netns})", soft_wrap=True)
         console.print(f"Hosts network-booting: {', '.join(info.hosts)}", soft_wrap=True)
-        walkthrough = folder / "examples" / "simple"
-        console.print(
-            f"The walkthrough (with this image's checksum): {walkthrough}/", soft_wrap=True
-        )
+        console.print("The seed's walkthrough: kubectl apply -f examples/simple/")
     console.print("Point kubectl and plunderctl at it:")
     exports = f"export KUBECONFIG={info.kubeconfig} PATH={info.bin_dir}:$PATH"
     console.print(f"  {exports}", soft_wrap=True)

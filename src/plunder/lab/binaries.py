@@ -3,6 +3,10 @@
 ``tools/go.mod`` pins etcd, Kubernetes and Cluster API; each program is built once with
 ``go build`` into ``<cache>/bin/<name>-<version>`` and reused from then on. A new version in
 ``go.mod`` is a new file name, so a stale binary is never picked up.
+
+A program whose dependencies disagree with that module's (the in-cluster IPAM provider pins an
+older Cluster API and Kubernetes) has a module of its own under ``tools/`` (``tools/ipam``), so
+building it never moves the versions the others are built from.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ class GoProgram:
     module: str
     version_ldflags: tuple[str, ...] = ()
     """``-X`` variables that take the module's version (so ``--version`` tells the truth)."""
+    tools: str = "."
+    """The folder under ``tools/`` of the go.mod that pins it."""
 
 
 _KUBE_VERSION_VARS = (
@@ -34,6 +40,7 @@ _KUBE_VERSION_VARS = (
     "k8s.io/client-go/pkg/version.gitVersion",
 )
 _CAPI_VERSION_VARS = ("sigs.k8s.io/cluster-api/version.gitVersion",)
+IPAM_IN_CLUSTER_MODULE = "sigs.k8s.io/cluster-api-ipam-provider-in-cluster"
 
 PROGRAMS: dict[str, GoProgram] = {
     program.name: program
@@ -72,6 +79,13 @@ PROGRAMS: dict[str, GoProgram] = {
             "sigs.k8s.io/cluster-api",
             _CAPI_VERSION_VARS,
         ),
+        GoProgram(
+            "ipam-in-cluster-manager",
+            IPAM_IN_CLUSTER_MODULE,
+            IPAM_IN_CLUSTER_MODULE,
+            ("k8s.io/client-go/pkg/version.gitVersion",),  # what its start-up log reports
+            tools="ipam",
+        ),
     )
 }
 
@@ -90,9 +104,9 @@ def repository_root() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
-def tools_dir() -> Path:
-    """The Go module that pins the programs."""
-    return repository_root() / "tools"
+def tools_dir(folder: str = ".") -> Path:
+    """The Go module that pins the programs (``folder``: one of its nested modules)."""
+    return repository_root() / "tools" / folder
 
 
 def cache_dir() -> Path:
@@ -109,16 +123,21 @@ def pinned_versions(go_mod: Path | None = None) -> dict[str, str]:
     return dict(re.findall(r"^\s*([\w./-]+)\s+(v[\w.+-]+)(?:\s*//.*)?$", text, re.MULTILINE))
 
 
+def program_versions(name: str) -> dict[str, str]:
+    """The versions pinned by the go.mod that builds the program ``name``."""
+    return pinned_versions(tools_dir(PROGRAMS[name].tools) / "go.mod")
+
+
 def binary_path(name: str, versions: dict[str, str] | None = None) -> Path:
     """Where the program ``name`` at its pinned version is (or will be) cached."""
     program = PROGRAMS[name]
-    version = (versions or pinned_versions())[program.module]
+    version = (versions or program_versions(name))[program.module]
     return cache_dir() / "bin" / f"{name}-{version}"
 
 
 def ensure_binary(name: str) -> Path:
     """Return the cached program, building it first if it is missing."""
-    versions = pinned_versions()
+    versions = program_versions(name)
     target = binary_path(name, versions)
     if target.exists():
         return target
@@ -130,7 +149,7 @@ def ensure_binary(name: str) -> Path:
     log.info("building %s %s from the Go module proxy (once; cached as %s)", name, version, target)
     result = subprocess.run(
         ["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(partial), program.package],
-        cwd=tools_dir(),
+        cwd=tools_dir(program.tools),
         capture_output=True,
         text=True,
         check=False,
@@ -158,12 +177,15 @@ def link_dir(binaries: dict[str, Path]) -> Path:
     return folder
 
 
-def module_dir(module: str) -> Path:
-    """The unpacked source of a module pinned in tools/go.mod (downloaded once by Go)."""
-    version = pinned_versions()[module]
+def module_dir(module: str, tools: str = ".") -> Path:
+    """The unpacked source of a module pinned in tools/go.mod (downloaded once by Go).
+
+    ``tools`` names the nested module under ``tools/`` that pins it instead.
+    """
+    version = pinned_versions(tools_dir(tools) / "go.mod")[module]
     result = subprocess.run(
         ["go", "mod", "download", "-json", f"{module}@{version}"],
-        cwd=tools_dir(),
+        cwd=tools_dir(tools),
         capture_output=True,
         text=True,
         check=False,
@@ -178,9 +200,20 @@ CLUSTER_API_CRD_FOLDERS = ("core", "bootstrap/kubeadm", "controlplane/kubeadm")
 
 def cluster_api_crd_files(components: tuple[str, ...] = CLUSTER_API_CRD_FOLDERS) -> list[Path]:
     """Cluster API's own CRD manifests, from the pinned release's module source."""
-    root = module_dir("sigs.k8s.io/cluster-api")
+    return program_crd_files("capi-manager", components)
+
+
+def program_crd_files(name: str, components: tuple[str, ...] = (".",)) -> list[Path]:
+    """The CRD manifests (``<component>/config/crd/bases``) in the source of program ``name``."""
+    program = PROGRAMS[name]
+    root = module_dir(program.module, program.tools)
     return sorted(
         path
         for component in components
         for path in (root / component / "config" / "crd" / "bases").glob("*.yaml")
     )
+
+
+def ipam_in_cluster_crd_files() -> list[Path]:
+    """The in-cluster IPAM provider's pool CRDs (InClusterIPPool, GlobalInClusterIPPool …)."""
+    return program_crd_files("ipam-in-cluster-manager")

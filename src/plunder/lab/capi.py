@@ -18,6 +18,9 @@ converted objects, not v1beta2 data under an old apiVersion).
 
 controller-runtime's webhook server has no bind-address flag: it listens on every interface,
 on a port chosen free on loopback.
+
+The in-cluster IPAM provider (:data:`IPAM_IN_CLUSTER`, built from ``tools/ipam``) is a manager of
+the same make, started the same way: it answers IPAddressClaims against its InClusterIPPools.
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ class ClusterAPIManager:
     """Its folder in the Cluster API module (config/crd and config/webhook are under it)."""
     prefix: str
     """The name prefix its release gives cluster-scoped objects (webhook configurations)."""
+    health_flag: str = "--health-addr"
+    """The flag that places its health endpoint."""
+    feature_gates: str | None = FEATURE_GATES
+    """Its ``--feature-gates`` (None: it has no such flag)."""
 
 
 MANAGERS = (
@@ -65,6 +72,15 @@ MANAGERS = (
     ),
 )
 PROGRAMS = tuple(manager.program for manager in MANAGERS)
+
+IPAM_IN_CLUSTER = ClusterAPIManager(
+    "ipam-in-cluster-manager",
+    ".",
+    "capi-ipam-in-cluster-",
+    health_flag="--health-probe-bind-address",
+    feature_gates=None,
+)
+"""The in-cluster IPAM provider: InClusterIPPool and GlobalInClusterIPPool, at module root."""
 
 
 @dataclass(frozen=True)
@@ -89,17 +105,25 @@ class ClusterAPIControllers:
             processes.stop(running.process.pid)
 
 
-def manager_argv(binary: Path, cert_dir: Path, webhook_port: int, health_port: int) -> list[str]:
+def manager_argv(
+    binary: Path,
+    cert_dir: Path,
+    webhook_port: int,
+    health_port: int,
+    manager: ClusterAPIManager = MANAGERS[0],
+) -> list[str]:
     """A manager watching every namespace, without leader election or a metrics endpoint."""
-    return [
+    argv = [
         str(binary),
         "--leader-elect=false",
         f"--webhook-port={webhook_port}",
         f"--webhook-cert-dir={cert_dir}",
-        f"--health-addr=127.0.0.1:{health_port}",
+        f"{manager.health_flag}=127.0.0.1:{health_port}",
         "--diagnostics-address=0",  # "0" switches the metrics server off
-        f"--feature-gates={FEATURE_GATES}",
     ]
+    if manager.feature_gates is not None:
+        argv.append(f"--feature-gates={manager.feature_gates}")
+    return argv
 
 
 def webhook_configurations(
@@ -140,7 +164,9 @@ def release_labels(manager: ClusterAPIManager, module_root: Path) -> dict[str, s
     labels: dict[str, str] = {}
     for layer in ("crd", "default"):
         kustomization = module_root / manager.component / "config" / layer / "kustomization.yaml"
-        for entry in yaml.safe_load(kustomization.read_text()).get("labels", []):
+        layout = yaml.safe_load(kustomization.read_text())
+        labels.update(layout.get("commonLabels", {}))  # the older spelling (the IPAM provider)
+        for entry in layout.get("labels", []):
             labels.update(entry["pairs"])
     return labels
 
@@ -151,7 +177,7 @@ def release_crds(
     """The manager's CRDs as its release installs them: labelled, converted by its webhook."""
     labels = release_labels(manager, module_root)
     made = []
-    for path in binaries.cluster_api_crd_files((manager.component,)):
+    for path in binaries.program_crd_files(manager.program, (manager.component,)):
         crd = yaml.safe_load(path.read_text())
         crd["metadata"].setdefault("labels", {}).update(labels)
         crd["spec"]["conversion"] = conversion(port, ca_bundle)
@@ -161,7 +187,8 @@ def release_crds(
 
 def register_webhooks(client: Client, running: RunningManager, ca_bundle: str) -> None:
     """Install the manager's CRDs (as released) and admission webhooks, served by it."""
-    root = binaries.module_dir("sigs.k8s.io/cluster-api")
+    program = binaries.PROGRAMS[running.manager.program]
+    root = binaries.module_dir(program.module, program.tools)
     names = crds.apply_crds(
         client, release_crds(running.manager, root, running.webhook_port, ca_bundle)
     )
@@ -188,7 +215,7 @@ def start_manager(
     webhook_port, health_port = processes.free_port(), processes.free_port()
     process = processes.start(
         manager.program,
-        manager_argv(binary, cert_dir, webhook_port, health_port),
+        manager_argv(binary, cert_dir, webhook_port, health_port, manager),
         run_dir,
         env={"KUBECONFIG": str(kubeconfig)},
     )
@@ -206,16 +233,21 @@ def start_manager(
 
 
 def start_cluster_api(
-    client: Client, kubeconfig: Path, pki: PlanePKI, run_dir: Path
+    client: Client,
+    kubeconfig: Path,
+    pki: PlanePKI,
+    run_dir: Path,
+    managers: tuple[ClusterAPIManager, ...] = MANAGERS,
 ) -> ClusterAPIControllers:
-    """Start the three managers against the plane and route its webhooks to them.
+    """Start the three managers (or ``managers``) against the plane and route its webhooks to them.
 
-    Cluster API's CRDs must be installed already (:func:`binaries.cluster_api_crd_files`).
+    Their CRDs must be installed already (:func:`binaries.cluster_api_crd_files`): a manager
+    does not start while a kind it watches is unknown.
     """
     ca_bundle = base64.b64encode(pki.ca_cert.read_bytes()).decode()
     started: list[RunningManager] = []
     try:
-        for manager in MANAGERS:
+        for manager in managers:
             started.append(start_manager(manager, kubeconfig, pki, run_dir))
         for running in started:
             register_webhooks(client, running, ca_bundle)
@@ -227,3 +259,14 @@ def start_cluster_api(
         ", ".join(f"{r.manager.program} (pid {r.process.pid})" for r in started),
     )
     return ClusterAPIControllers(tuple(started))
+
+
+def start_ipam_in_cluster(
+    client: Client, kubeconfig: Path, pki: PlanePKI, run_dir: Path
+) -> ClusterAPIControllers:
+    """Install the in-cluster IPAM provider's pool CRDs and start it, with its webhooks.
+
+    Cluster API's CRDs (its IPAddressClaim, IPAddress and Cluster) must be installed already.
+    """
+    crds.install_crd_files(client, binaries.ipam_in_cluster_crd_files())
+    return start_cluster_api(client, kubeconfig, pki, run_dir, (IPAM_IN_CLUSTER,))
