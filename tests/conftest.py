@@ -32,6 +32,7 @@ from plunder.boot.service import BootService
 from plunder.k8s import client as k8s_client
 from plunder.k8s import crds
 from plunder.lab import binaries, capi, network, processes
+from plunder.lab.pki import PlanePKI
 from plunder.lab.plane import Plane, start_plane
 
 # The HTTP client logs each request at INFO; failures are easier to read without them.
@@ -77,6 +78,23 @@ def cluster_api_crds(kube: Client) -> list[str]:
     return crds.install_crd_files(kube, binaries.cluster_api_crd_files())
 
 
+def session_managers(
+    what: str,
+    start: Callable[[Client, Path, PlanePKI, Path], capi.ClusterAPIControllers],
+    plane: Plane,
+    kube: Client,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[capi.ClusterAPIControllers]:
+    """Start controller-runtime managers (``start``) for the session, and report how fast."""
+    started = time.monotonic()
+    running = start(kube, plane.kubeconfig, plane.pki, tmp_path_factory.mktemp("managers"))
+    PLANE_FACTS.append(f"{what}: ready {time.monotonic() - started:.1f} s after start")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
 @pytest.fixture(scope="session")
 def cluster_api_controllers(
     plane: Plane,
@@ -85,15 +103,9 @@ def cluster_api_controllers(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[capi.ClusterAPIControllers]:
     """Cluster API's core, kubeadm bootstrap and control-plane managers, with their webhooks."""
-    started = time.monotonic()
-    running = capi.start_cluster_api(
-        kube, plane.kubeconfig, plane.pki, tmp_path_factory.mktemp("cluster-api")
+    yield from session_managers(
+        "Cluster API controllers", capi.start_cluster_api, plane, kube, tmp_path_factory
     )
-    PLANE_FACTS.append(
-        f"Cluster API controllers: ready {time.monotonic() - started:.1f} s after start"
-    )
-    yield running
-    running.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +9,7 @@ from lightkube import Client
 
 from plunder.lab import capi
 from plunder.lab.plane import Plane
-from tests.conftest import PLANE_FACTS
+from tests.conftest import session_managers
 
 
 @pytest.fixture(scope="session")
@@ -21,12 +20,6 @@ def ipam_in_cluster(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[capi.ClusterAPIControllers]:
     """The real in-cluster IPAM provider (from tools/ipam), with its pool CRDs and webhooks."""
-    started = time.monotonic()
-    running = capi.start_ipam_in_cluster(
-        kube, plane.kubeconfig, plane.pki, tmp_path_factory.mktemp("ipam-in-cluster")
+    yield from session_managers(
+        "in-cluster IPAM provider", capi.start_ipam_in_cluster, plane, kube, tmp_path_factory
     )
-    PLANE_FACTS.append(
-        f"in-cluster IPAM provider: ready {time.monotonic() - started:.1f} s after start"
-    )
-    yield running
-    running.stop()
