@@ -180,6 +180,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         'spec.image.format: Unsupported value: "vmdk"',
     ),
     (
+        "qcow2, which cannot be streamed",
+        machine(deploymentType=None, image=image(format="qcow2")),
+        'spec.image.format: Unsupported value: "qcow2"',
+    ),
+    (
         "gateway not an address",
         machine(network={**NETWORK, "gateway": "172.31.99"}),
         "spec.network.gateway must be an IPv4 or IPv6 address",

@@ -183,7 +183,9 @@ class LabelSelector(KubeModel):
 
 
 ChecksumType = Literal["sha256", "sha512"]
-ImageFormat = Literal["raw", "raw-gzip", "raw-xz", "raw-lzop", "qcow2"]
+ImageFormat = Literal["raw", "raw-gzip", "raw-xz", "raw-lzop"]
+"""What the agent can stream onto a disk. (qcow2 cannot be streamed: convert it to raw first,
+for example `qemu-img convert -O raw`, and compress that.)"""
 DeploymentType = Literal["preseed", "kickstart"]
 
 
