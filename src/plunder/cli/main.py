@@ -229,7 +229,10 @@ def lab_status(lab_dir: Path | None) -> None:
 
 @lab.command("build")
 @click.option(
-    "--all", "build_all", is_flag=True, help="Also Cluster API's controllers and clusterctl."
+    "--all",
+    "build_all",
+    is_flag=True,
+    help="Also Cluster API's controllers, clusterctl and the in-cluster IPAM provider.",
 )
 def lab_build(build_all: bool) -> None:
     """Build (once) the Go programs the lab runs, into the version-keyed cache."""
