@@ -5,10 +5,9 @@ as a process against the plane, with its webhooks, and answers the IPAddressClai
 controller makes: it allocates from an InClusterIPPool, writes the IPAddress and points the
 claim's status at it. The hosts' agent is played (:class:`Agent`), as in the other machine tests.
 
-The plane runs no kube-controller-manager, so no garbage collector: nothing deletes a claim
-whose PlunderMachine is gone. The test does what the collector would do (it deletes the claim
-once its owner is gone, with the owner's uid checked), and the provider then releases the
-address for real.
+The plane runs no kube-controller-manager, so no garbage collector: the controller itself
+deletes a deleted machine's claim (and a claim left by an earlier machine of the same name),
+and the provider then releases the address for real.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 
+from plunder.api.infrastructure import PlunderMachine
 from plunder.k8s import capi
 from plunder.k8s.resources import as_dict
 from plunder.lab.capi import ClusterAPIControllers
@@ -103,20 +103,14 @@ def pool_usage(kube: Client, namespace: str) -> dict[str, int]:
     return usage
 
 
-def collect_orphaned_claim(kube: Client, namespace: str, name: str, owner_uid: str) -> None:
-    """Delete claim ``name`` as the garbage collector would once its owner is gone.
-
-    Nothing to do if the controller deleted it itself.
-    """
+def claim_gone(kube: Client, namespace: str, name: str) -> bool:
     try:
-        claim = as_dict(kube.get(capi.IPAddressClaim, name, namespace=namespace))
+        kube.get(capi.IPAddressClaim, name, namespace=namespace)
     except ApiError as error:
         if error.status.code == 404:
-            return
+            return True
         raise
-    [owner] = claim["metadata"]["ownerReferences"]
-    assert (owner["kind"], owner["uid"]) == ("PlunderMachine", owner_uid)
-    kube.delete(capi.IPAddressClaim, name, namespace=namespace)
+    return False
 
 
 def test_machines_take_distinct_addresses_and_deletion_releases_them(
@@ -166,13 +160,12 @@ def test_machines_take_distinct_addresses_and_deletion_releases_them(
         assert not (claim.get("status") or {}).get("addressRef", {}).get("name")
         assert "m2" not in claims(kube, namespace).values()
 
-        # Deleting m0 releases its host, then (once its claim is collected) its address,
-        # which goes to the waiting machine.
+        # Deleting m0 releases its host and deletes its claim (the plane has no garbage
+        # collector to do it), so the provider frees its address for the waiting machine.
         released = networks["m0"]["ipAddress"]
-        m0_uid = machine(kube, namespace, "m0")["metadata"]["uid"]
         kube.delete(MACHINES, "m0", namespace=namespace)
         wait_for(lambda: machine_gone(kube, namespace, "m0"), what="m0 deleted")
-        collect_orphaned_claim(kube, namespace, "m0", m0_uid)
+        wait_for(lambda: claim_gone(kube, namespace, "m0"), what="m0's claim deleted")
         wait_for(lambda: allocated(kube, namespace, "m0") is None, what="m0's IPAddress released")
         wait_for(
             lambda: host_networks(kube, namespace).get("m2", {}).get("ipAddress") == released,
@@ -185,3 +178,57 @@ def test_machines_take_distinct_addresses_and_deletion_releases_them(
     # The provider's admission webhooks are served too: a pool in use cannot be deleted.
     with pytest.raises(ApiError, match="Pool has IPAddresses allocated"):
         kube.delete(InClusterIPPool, "pool", namespace=namespace)
+
+
+def test_a_claim_left_by_a_namesake_is_not_reused(
+    plane: Plane, kube: Client, namespace: str, ipam_in_cluster: ClusterAPIControllers
+) -> None:
+    """A machine removed without its finalizer (as ``clusterctl move`` does) leaves its claim."""
+    create_cluster(kube, namespace)
+    create_pool(kube, namespace)
+    create_hosts(kube, namespace, 1)
+    gone_uid = "0d6f2a47-5b1c-4e8e-9a53-000000000001"
+    stale = {
+        "apiVersion": f"{capi.IPAM_GROUP}/{capi.IPAM_VERSION}",
+        "kind": "IPAddressClaim",
+        "metadata": {
+            "name": "m0",
+            "namespace": namespace,
+            "ownerReferences": [
+                {
+                    "apiVersion": PlunderMachine.info.api_version,
+                    "kind": "PlunderMachine",
+                    "name": "m0",
+                    "uid": gone_uid,
+                    "controller": True,
+                }
+            ],
+        },
+        "spec": {"poolRef": POOL_REF, "clusterName": "c1"},
+    }
+    kube.create(capi.IPAddressClaim.from_dict(stale))
+    wait_for(lambda: allocated(kube, namespace, "m0") is not None, what="the stale claim's address")
+
+    with agent(plane, namespace):
+        create_machine(kube, namespace, "m0", spec={"addressFromPool": POOL_REF})
+        uid = machine(kube, namespace, "m0")["metadata"]["uid"]
+
+        def own_claim_answered() -> bool:
+            try:
+                claim = as_dict(kube.get(capi.IPAddressClaim, "m0", namespace=namespace))
+            except ApiError as error:
+                if error.status.code == 404:
+                    return False
+                raise
+            owners = [owner["uid"] for owner in claim["metadata"]["ownerReferences"]]
+            return owners == [uid] and bool(claim.get("status", {}).get("addressRef"))
+
+        wait_for(own_claim_answered, what="the namesake's claim replaced by the machine's own")
+        wait_for(lambda: "m0" in host_networks(kube, namespace), what="m0 claimed a host")
+    address = allocated(kube, namespace, "m0")
+    assert address is not None
+    claim_uid = as_dict(kube.get(capi.IPAddressClaim, "m0", namespace=namespace))["metadata"]["uid"]
+    owners = {o["kind"]: o["uid"] for o in address["metadata"]["ownerReferences"]}
+    assert owners["IPAddressClaim"] == claim_uid, "the address is the new claim's"
+    assert host_networks(kube, namespace)["m0"]["ipAddress"] == address["spec"]["address"]
+    assert pool_usage(kube, namespace).get("used") == 1, "the stale address was freed"

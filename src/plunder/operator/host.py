@@ -59,7 +59,7 @@ async def plunderhost_event(
     if change.event is not None:
         reason, message, kind = change.event
         kopf.event(body, type=kind, reason=reason, message=message)
-    if change.power is not None:  # the host's power daemon does it, with retries
+    if change.power is not None:  # the host's power loop does it, with retries
         await power.request_action(client, host, change.power)
     logger.info(
         "host %s: %s → %s",

@@ -1,4 +1,4 @@
-"""PlunderHost power: a daemon per host with a BMC converges its power and does what is asked.
+"""PlunderHost power: hosts with a BMC get their power converged and what is asked done.
 
 What is asked comes as annotations, so both the controller and a person (``plunderctl power
 cycle``) go through one place, as Metal3's ``reboot.metal3.io`` does:
@@ -7,8 +7,14 @@ cycle``) go through one place, as Metal3's ``reboot.metal3.io`` does:
   the state machine (see ``hoststate.power_after``);
 - ``plunder.dev/reboot`` is set by ``plunderctl power cycle``: power-cycle, booting as usual.
 
-Otherwise the daemon converges ``spec.online`` to the BMC and records ``status.poweredOn``.
+Otherwise a round converges ``spec.online`` to the BMC and records ``status.poweredOn``.
 Powering on a provisioned host sets a one-time disk boot; any other host a one-time PXE boot.
+
+Rounds are not one task per host: the hosts that have a BMC (hosts without one are not followed
+at all) are keys in one work queue (:mod:`plunder.operator.workqueue`) with :data:`WORKERS`
+workers. Each round asks to run again after :data:`POLL_SECONDS`, or after a backoff when it
+failed; a host's event that asks for something (an annotation, or a power state that differs
+from ``spec.online``) brings its round forward.
 
 The drivers block (sushy, pyghmi), so every BMC call runs in a worker thread of a pool of our
 own, under a deadline: a BMC that hangs holds one thread, never the event loop or other hosts.
@@ -25,10 +31,13 @@ import base64
 import hashlib
 import logging
 import tempfile
+import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from lightkube import AsyncClient
@@ -39,6 +48,7 @@ from lightkube.types import PatchType
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.resources import resource_for
 from plunder.operator.settings import PREFIX
+from plunder.operator.workqueue import WorkQueue
 from plunder.power import base, registry
 from plunder.reconcile import conditions, hoststate
 
@@ -53,8 +63,16 @@ POLL_SECONDS = 15.0
 DEADLINE_SECONDS = 60.0
 """The most one round of BMC calls (a power cycle is several) may take."""
 BACKOFF_MAX = 120.0
+ECHO_GRACE = 2.0
+"""Seconds after a round during which a host's events do not bring the next round forward."""
+WORKERS = 32
+"""Hosts whose BMC is talked to at once: one per thread of the pool, so a hanging BMC holds one
+worker and one thread, and the others go on."""
 
-_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="bmc")
+Key = tuple[str, str]
+"""(namespace, name) of a PlunderHost."""
+
+_POOL = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="bmc")
 
 
 def backoff(failures: int) -> float:
@@ -63,7 +81,7 @@ def backoff(failures: int) -> float:
 
 
 async def request_action(client: AsyncClient, host: PlunderHost, action: str) -> None:
-    """Ask the host's power daemon to do ``action`` (an annotation it removes when done)."""
+    """Ask the host's power loop to do ``action`` (an annotation it removes when done)."""
     await client.patch(
         resource_for(PlunderHost),
         host.metadata.name or "",
@@ -209,7 +227,7 @@ async def power_step(client: AsyncClient, host: PlunderHost) -> base.PowerError 
     return None
 
 
-def _wants_attention(body: kopf.Body) -> bool:
+def _wants_attention(body: Mapping[str, Any]) -> bool:
     """Whether something is asked of the BMC that the next poll should not wait for."""
     annotations = body.get("metadata", {}).get("annotations", {})
     if ACTION_ANNOTATION in annotations or REBOOT_ANNOTATION in annotations:
@@ -218,36 +236,108 @@ def _wants_attention(body: kopf.Body) -> bool:
     return powered is not None and powered != body.get("spec", {}).get("online", True)
 
 
-@kopf.daemon(
-    _INFO.group,
-    _INFO.version,
-    _INFO.plural,
-    when=lambda spec, **_: bool(spec.get("bmc")),
-    cancellation_timeout=5.0,
-)
-async def plunderhost_power(
-    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
-) -> None:
-    """Keep one host's power as asked, as long as it has a BMC."""
-    client: AsyncClient = memo.client
-    failures = 0
+@kopf.index(_INFO.group, _INFO.version, _INFO.plural)
+async def plunderhosts_with_bmc(
+    body: kopf.Body, namespace: str | None, name: str, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    """The bodies of the hosts that have a BMC (without managedFields): what a round reads."""
+    if not (body.get("spec") or {}).get("bmc"):
+        return {}
+    meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
+    return {(namespace or "", name): {**body, "metadata": meta}}
+
+
+@dataclass
+class PowerMemory:
+    """What the power loop of one host keeps between rounds."""
+
+    failures: int = 0
     last_reason: str | None = None
-    while not stopped:
-        host = PlunderHost.model_validate(dict(body))
-        fault = await power_step(client, host)
+    stepping: bool = False
+    settled_at: float = float("-inf")
+    """When the last round that reached the BMC ended (monotonic)."""
+
+
+class PowerController:
+    """The work queue of hosts with a BMC, reconciled by :data:`WORKERS` workers."""
+
+    def __init__(self, memo: kopf.Memo, hosts: kopf.Index[Key, dict[str, Any]]) -> None:
+        self.memo = memo
+        self.hosts = hosts
+        self.queue: WorkQueue[Key] = WorkQueue(self.round, WORKERS, POLL_SECONDS)
+        self.memories: dict[Key, PowerMemory] = {}
+
+    def attend(self, key: Key, body: Mapping[str, Any]) -> None:
+        """A host with a BMC changed: a new one gets a round now, an asking one soon.
+
+        The first event after a round is often that round's own write, which still shows what
+        it just did as asked: within :data:`ECHO_GRACE` seconds of a round, the next one waits
+        for the cache to catch up rather than doing it twice. A failing BMC keeps its backoff.
+        """
+        memory = self.memories.get(key)
+        if memory is None:
+            self.memories[key] = PowerMemory()
+            self.queue.add(key)
+        elif memory.failures == 0 and _wants_attention(body):
+            since = 0.0 if memory.stepping else time.monotonic() - memory.settled_at
+            wait = ECHO_GRACE - since
+            if wait > 0:
+                self.queue.add_after(key, wait)
+            else:
+                self.queue.add(key)
+
+    def forget(self, key: Key) -> None:
+        """The host is gone, or has no BMC any more."""
+        self.memories.pop(key, None)
+        self.queue.forget(key)
+
+    async def round(self, key: Key) -> float | None:
+        """One round of BMC calls for one host; when to do the next."""
+        store = self.hosts.get(key)
+        body = next(iter(store), None) if store else None
+        memory = self.memories.get(key)
+        if body is None or memory is None:
+            return None
+        host = PlunderHost.model_validate(body)
+        memory.stepping = True
+        try:
+            fault = await power_step(self.memo.client, host)
+        finally:
+            memory.stepping = False
         if fault is None:
-            failures, last_reason, delay = 0, None, POLL_SECONDS
-        else:
-            failures += 1
-            delay = backoff(failures)
-            if fault.reason != last_reason:
-                kopf.warn(body, reason=fault.reason, message=str(fault))
-                last_reason = fault.reason
-            # The message names the address, never the credentials.
-            logger.warning("BMC of %s: %s (retry in %.0fs)", host.metadata.name, fault, delay)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        while not stopped and loop.time() < started + delay:
-            await asyncio.sleep(0.5)
-            if fault is None and loop.time() > started + 2 and _wants_attention(body):
-                break
+            memory.failures, memory.last_reason, memory.settled_at = 0, None, time.monotonic()
+            return POLL_SECONDS
+        memory.failures += 1
+        delay = backoff(memory.failures)
+        if fault.reason != memory.last_reason:
+            kopf.warn(kopf.Body(cast(Any, body)), reason=fault.reason, message=str(fault))
+            memory.last_reason = fault.reason
+        # The message names the address, never the credentials.
+        log.warning("BMC of %s: %s (retry in %.0fs)", key[1], fault, delay)
+        return delay
+
+
+@kopf.on.startup()
+async def start_power_controller(memo: kopf.Memo, **kwargs: Any) -> None:
+    """One queue of hosts with a BMC, shared by the handlers through the memo."""
+    memo.power = PowerController(memo, kwargs["plunderhosts_with_bmc"])
+
+
+@kopf.on.cleanup()
+async def stop_power_controller(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the rounds (one in flight is cancelled; its BMC thread finishes on its own)."""
+    controller: PowerController = memo.power
+    await controller.queue.stop()
+
+
+@kopf.on.event(_INFO.group, _INFO.version, _INFO.plural)
+async def plunderhost_power_event(
+    type: str | None, body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    """Follow the hosts that have a BMC."""
+    controller: PowerController = memo.power
+    key = (namespace or "", name)
+    if type == "DELETED" or not (body.get("spec") or {}).get("bmc"):
+        controller.forget(key)
+    else:
+        controller.attend(key, body)

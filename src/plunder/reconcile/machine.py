@@ -371,6 +371,19 @@ def network_from_ip_address(body: Mapping[str, Any]) -> StaticNetwork:
     )
 
 
+def claim_is_mine(claim: Mapping[str, Any], machine_uid: str) -> bool:
+    """Whether an IPAddressClaim named like the machine is this machine's, and still in use.
+
+    A claim left by an earlier machine of the same name (its owner uid differs) is not: its
+    address will be freed when the claim is collected, and must not go to a new host meanwhile.
+    """
+    meta = claim.get("metadata") or {}
+    owners = meta.get("ownerReferences") or []
+    return not meta.get("deletionTimestamp") and any(
+        owner.get("uid") == machine_uid for owner in owners
+    )
+
+
 def ip_address_claim(
     machine: PlunderMachine, owner_ref: Mapping[str, Any], cluster: str | None
 ) -> dict[str, Any]:
