@@ -329,6 +329,8 @@ class MachineReconciler:
                 )
                 return SETTLED_RESYNC
             assert owner is not None
+            if await self.paused_now(cluster_name):
+                return CONTENDED_RETRY  # the caches catch up, and their events queue it again
             try:
                 host = await self.claim(machine, owner, cluster, network, hosts)
             except ClaimContendedError:
@@ -426,6 +428,31 @@ class MachineReconciler:
         status = decide.machine_status(machine, self.memory.previous, now, wait=decide.NO_HARDWARE)
         await self.write_status(machine, status)
         return SETTLED_RESYNC
+
+    async def paused_now(self, cluster_name: str | None) -> bool:
+        """Whether the API has the machine paused or deleted, or its Cluster paused, right now.
+
+        The caches of machines and of Clusters come from separate watches, and one may run ahead
+        of the other: a person who pauses the machine and then unpauses its Cluster must not get
+        a claim made from the Cluster's newer state and the machine's older one. The claim is
+        the step that gives hardware away, so it alone is checked against fresh reads (two GETs
+        per claim, not per reconcile).
+        """
+        namespace, name = self.key
+        fresh = await self.client.get(resource_for(PlunderMachine), name, namespace=namespace)
+        meta = as_dict(fresh).get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return True
+        cluster_paused = False
+        if cluster_name:
+            try:
+                cluster = await self.client.get(capi.Cluster, cluster_name, namespace=namespace)
+            except ApiError as error:
+                if error.status.code != 404:
+                    raise
+            else:
+                cluster_paused = decide.ClusterFacts.from_body(as_dict(cluster)).paused
+        return is_paused(meta.get("annotations") or {}, cluster_paused)
 
     async def pool_address(
         self, machine: PlunderMachine, cluster_name: str | None
