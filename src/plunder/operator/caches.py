@@ -46,8 +46,7 @@ async def plundermachines_by_name(
     body: kopf.Body, namespace: str | None, name: str, **_: Any
 ) -> dict[Key, dict[str, Any]]:
     """Every PlunderMachine's body (without managedFields), for its reconcile."""
-    meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
-    return {(namespace or "", name): {**body, "metadata": meta}}
+    return {(namespace or "", name): without_managed_fields(body)}
 
 
 @kopf.index(capi.CORE_GROUP, capi.CORE_VERSION, "machines")
@@ -77,7 +76,14 @@ async def plunderclusters_by_name(
     return {(namespace or "", name): (body.get("spec") or {}).get("failureDomainLabel")}
 
 
-def _one(index: kopf.Index[Any, Any], key: Any) -> Any:
+def without_managed_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A body to keep in an index: ``managedFields`` is often most of it, and never read."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    return {**body, "metadata": meta}
+
+
+def first(index: kopf.Index[Any, Any], key: Any) -> Any:
+    """The one object an index holds under ``key`` (None if none)."""
     store = index.get(key)
     return next(iter(store), None) if store else None
 
@@ -100,7 +106,7 @@ class Caches:
 
     def plundermachine(self, key: Key) -> dict[str, Any] | None:
         """The cached body of a PlunderMachine, None once it is gone."""
-        found: dict[str, Any] | None = _one(self.plundermachines, key)
+        found: dict[str, Any] | None = first(self.plundermachines, key)
         return found
 
     def owner(self, body: Mapping[str, Any]) -> decide.OwnerMachine | None:
@@ -109,16 +115,16 @@ class Caches:
         ref = capi.owner_named(meta.get("ownerReferences"), "Machine")
         if ref is None:
             return None
-        found: decide.OwnerMachine | None = _one(self.machines, (meta["namespace"], ref["name"]))
+        found: decide.OwnerMachine | None = first(self.machines, (meta["namespace"], ref["name"]))
         return found
 
     def cluster(self, namespace: str | None, name: str | None) -> decide.ClusterFacts | None:
         """The Cluster's facts, with its PlunderCluster's failure-domain label."""
         if not name:
             return None
-        found = _one(self.clusters, (namespace, name))
+        found = first(self.clusters, (namespace, name))
         if found is None:
             return None
         facts, infrastructure = found
-        label = _one(self.plunderclusters, (namespace, infrastructure)) if infrastructure else None
+        label = first(self.plunderclusters, (namespace, infrastructure)) if infrastructure else None
         return decide.ClusterFacts(facts.paused, facts.infrastructure_provisioned, label)

@@ -15,7 +15,7 @@ import kopf
 from plunder.api.common import CLUSTER_NAME_LABEL
 from plunder.api.infrastructure import PlunderCluster, PlunderClusterStatus, PlunderMachine
 from plunder.k8s import capi
-from plunder.operator.machine import Caches
+from plunder.operator.caches import Caches
 from plunder.reconcile import cluster as decide
 from plunder.reconcile.selection import failure_domains
 
@@ -25,7 +25,7 @@ RESYNC_SECONDS = 10.0
 
 
 @kopf.index(_MACHINES.group, _MACHINES.version, _MACHINES.plural)
-def plundermachines_by_cluster(
+async def plundermachines_by_cluster(
     body: kopf.Body, namespace: str | None, name: str, **_: Any
 ) -> dict[tuple[str, str], decide.ControlPlaneCandidate]:
     """Each PlunderMachine under its (namespace, cluster): control-plane endpoint candidates."""

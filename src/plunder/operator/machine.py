@@ -39,8 +39,7 @@ from plunder.api.inventory import PlunderHost
 from plunder.k8s import capi
 from plunder.k8s.resources import as_dict, resource_for
 from plunder.operator import machine_delete
-from plunder.operator.caches import Caches as Caches
-from plunder.operator.caches import Key
+from plunder.operator.caches import Caches, Key
 from plunder.operator.machine_delete import delete_ip_address_claim, fetch_host, release_host
 from plunder.operator.wakeups import Wakeups
 from plunder.operator.workqueue import WorkQueue

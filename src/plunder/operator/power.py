@@ -47,6 +47,7 @@ from lightkube.types import PatchType
 
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.resources import resource_for
+from plunder.operator.caches import first, without_managed_fields
 from plunder.operator.settings import PREFIX
 from plunder.operator.workqueue import WorkQueue
 from plunder.power import base, registry
@@ -243,8 +244,7 @@ async def plunderhosts_with_bmc(
     """The bodies of the hosts that have a BMC (without managedFields): what a round reads."""
     if not (body.get("spec") or {}).get("bmc"):
         return {}
-    meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
-    return {(namespace or "", name): {**body, "metadata": meta}}
+    return {(namespace or "", name): without_managed_fields(body)}
 
 
 @dataclass
@@ -293,8 +293,7 @@ class PowerController:
 
     async def round(self, key: Key) -> float | None:
         """One round of BMC calls for one host; when to do the next."""
-        store = self.hosts.get(key)
-        body = next(iter(store), None) if store else None
+        body = first(self.hosts, key)
         memory = self.memories.get(key)
         if body is None or memory is None:
             return None
