@@ -14,6 +14,7 @@ from lightkube import Client
 from lightkube.types import PatchType
 
 from plunder.lab.plane import Plane
+from plunder.operator.machine_delete import FINALIZER
 from tests.integration.test_machine_world import (
     HOSTS,
     IMAGE,
@@ -180,6 +181,8 @@ def test_pause_stops_changes_until_lifted(plane: Plane, kube: Client, namespace:
     )
     assert claims(kube, namespace) == {}
     assert machine_condition(machine(kube, namespace, "m0"), "HostClaimed") is None
+    # Finalized before it showed any condition, so a deletion from now on waits for it.
+    assert FINALIZER in machine(kube, namespace, "m0")["metadata"]["finalizers"]
 
     # Lifting the Cluster's pause but pausing the machine by annotation: still paused.
     annotation = {"metadata": {"annotations": {"cluster.x-k8s.io/paused": ""}}}

@@ -540,9 +540,17 @@ class MachineReconciler:
                 await release_host(self.client, stray, consumer)
 
     async def write_status(self, machine: PlunderMachine, status: PlunderMachineStatus) -> None:
-        """Write the status if it differs from what was last written or read."""
+        """Write the status if it differs from what was last written or read.
+
+        The finalizer goes on first, if it is not on yet.
+        """
         if self.memory.previous is not None and self.memory.previous.to_api() == status.to_api():
             return
+        if not self.memory.finalized:
+            # Before anything a person sees (a condition): a machine deleted as soon as it
+            # shows it is handled must still be finalized. A binding carries it already.
+            await machine_delete.add_finalizer(self.client, self.body)
+            self.memory.finalized = True
         await self.client.patch(
             resource_for(PlunderMachine).Status,
             self.key[1],
