@@ -87,34 +87,36 @@ class LeaderElector:
         if held_by_other and not expired:
             return False
         taking_over = spec.holderIdentity != self.holder
-        lease.spec = LeaseSpec(
-            holderIdentity=self.holder,
-            leaseDurationSeconds=int(self.timing.duration),
-            acquireTime=now if taking_over else spec.acquireTime,
-            renewTime=now,
-            leaseTransitions=(spec.leaseTransitions or 0) + (1 if taking_over else 0),
+        lease.spec = self._held(
+            now,
+            acquired=now if taking_over else spec.acquireTime,
+            transitions=(spec.leaseTransitions or 0) + (1 if taking_over else 0),
         )
-        try:  # guarded by the resourceVersion just read: one winner among racing replicas
-            self.client.replace(lease)
-        except ApiError as error:
-            if error.status.code == 409:
-                return False
-            raise
-        return True
+        # Guarded by the resourceVersion just read: one winner among racing replicas.
+        return self._won(lambda: self.client.replace(lease))
 
     def _create(self, now: datetime) -> bool:
         lease = Lease(
             metadata=ObjectMeta(name=self.name, namespace=self.namespace),
-            spec=LeaseSpec(
-                holderIdentity=self.holder,
-                leaseDurationSeconds=int(self.timing.duration),
-                acquireTime=now,
-                renewTime=now,
-                leaseTransitions=0,
-            ),
+            spec=self._held(now, acquired=now, transitions=0),
         )
+        return self._won(lambda: self.client.create(lease))
+
+    def _held(self, now: datetime, acquired: datetime | None, transitions: int) -> LeaseSpec:
+        """The record of this replica holding the Lease, renewed ``now``."""
+        return LeaseSpec(
+            holderIdentity=self.holder,
+            leaseDurationSeconds=int(self.timing.duration),
+            acquireTime=acquired,
+            renewTime=now,
+            leaseTransitions=transitions,
+        )
+
+    @staticmethod
+    def _won(write: Callable[[], object]) -> bool:
+        """Make a guarded write; False if another replica's write came first (409)."""
         try:
-            self.client.create(lease)
+            write()
         except ApiError as error:
             if error.status.code == 409:
                 return False
