@@ -21,7 +21,7 @@ def test_versions_come_from_tools_go_mod() -> None:
 def test_cache_path_is_keyed_by_version(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PLUNDER_CACHE", str(tmp_path))
     path = binaries.binary_path("kube-apiserver", {"k8s.io/kubernetes": "v1.99.0"})
-    assert path == tmp_path / "bin" / "kube-apiserver-v1.99.0"
+    assert path == tmp_path / "bin" / "kube-apiserver-v1.99.0-static"
 
 
 def test_a_cached_binary_is_not_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -1,8 +1,14 @@
 """The Go programs the lab and the tests run, built from ``tools/`` into a cache keyed by version.
 
 ``tools/go.mod`` pins etcd, Kubernetes and Cluster API; each program is built once with
-``go build`` into ``<cache>/bin/<name>-<version>`` and reused from then on. A new version in
-``go.mod`` is a new file name, so a stale binary is never picked up.
+``go build`` into ``<cache>/bin/<name>-<version>-<linkage>`` and reused from then on. A new
+version in ``go.mod`` is a new file name, so a stale binary is never picked up.
+
+Every program is built static (``CGO_ENABLED=0``, linkage ``static``): the same etcd and
+kube-apiserver then serve the test plane on this machine and run inside the node image's
+container images, which hold no C library. The few that need cgo (runc, for libseccomp) link it
+statically (linkage ``cgo-static``). The linkage is part of the cache key, so a binary built
+before this rule (dynamically linked) is never mistaken for a static one.
 
 A program whose dependencies disagree with that module's (the in-cluster IPAM provider pins an
 older Cluster API and Kubernetes) has a module of its own under ``tools/`` (``tools/ipam``), so
@@ -33,6 +39,15 @@ class GoProgram:
     """``-X`` variables that take the module's version (so ``--version`` tells the truth)."""
     tools: str = "."
     """The folder under ``tools/`` of the go.mod that pins it."""
+    cgo: bool = False
+    """Needs cgo (linked statically all the same); every other program is built without it."""
+    tags: tuple[str, ...] = ()
+    """Go build tags."""
+
+    @property
+    def linkage(self) -> str:
+        """The build's linkage, part of the cache key."""
+        return "cgo-static" if self.cgo else "static"
 
 
 _KUBE_VERSION_VARS = (
@@ -132,7 +147,7 @@ def binary_path(name: str, versions: dict[str, str] | None = None) -> Path:
     """Where the program ``name`` at its pinned version is (or will be) cached."""
     program = PROGRAMS[name]
     version = (versions or program_versions(name))[program.module]
-    return cache_dir() / "bin" / f"{name}-{version}"
+    return cache_dir() / "bin" / f"{name}-{version}-{program.linkage}"
 
 
 def ensure_binary(name: str) -> Path:
@@ -144,12 +159,18 @@ def ensure_binary(name: str) -> Path:
     program = PROGRAMS[name]
     version = versions[program.module]
     target.parent.mkdir(parents=True, exist_ok=True)
-    ldflags = " ".join(["-s", "-w", *(f"-X {var}={version}" for var in program.version_ldflags)])
+    flags = ["-s", "-w", *(f"-X {var}={version}" for var in program.version_ldflags)]
+    if program.cgo:
+        flags.append("-extldflags=-static")
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     log.info("building %s %s from the Go module proxy (once; cached as %s)", name, version, target)
+    argv = ["go", "build", "-trimpath", f"-ldflags={' '.join(flags)}"]
+    if program.tags:
+        argv.append(f"-tags={','.join(program.tags)}")
     result = subprocess.run(
-        ["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(partial), program.package],
+        [*argv, "-o", str(partial), program.package],
         cwd=tools_dir(program.tools),
+        env={**os.environ, "CGO_ENABLED": "1" if program.cgo else "0"},
         capture_output=True,
         text=True,
         check=False,
