@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from plunder.images import binaries
 from plunder.k8s import capi
 from plunder.k8s.client import sync_client
-from plunder.lab import binaries
 from tests.conftest import eventually, isolated_lab, nested
 
 pytestmark = pytest.mark.e2e

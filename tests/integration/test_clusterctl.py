@@ -17,8 +17,8 @@ from lightkube import Client
 
 from plunder.api.infrastructure import PlunderCluster, PlunderMachine, PlunderMachineTemplate
 from plunder.cli import release
+from plunder.images import binaries
 from plunder.k8s.resources import resource_for
-from plunder.lab import binaries
 from plunder.lab.capi import ClusterAPIControllers
 from plunder.lab.plane import Plane
 from tests.conftest import eventually, listed, nested, provider_controller, run_kubectl

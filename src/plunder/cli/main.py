@@ -236,7 +236,7 @@ def lab_status(lab_dir: Path | None) -> None:
 )
 def lab_build(build_all: bool) -> None:
     """Build (once) the Go programs the lab runs, into the version-keyed cache."""
-    from plunder.lab import binaries
+    from plunder.images import binaries
 
     names = tuple(binaries.PROGRAMS) if build_all else binaries.PLANE_PROGRAMS
     for name, path in binaries.ensure_binaries(names).items():
@@ -252,7 +252,7 @@ def agent() -> None:
 @click.option("--force", is_flag=True, help="Build again even if cached.")
 def agent_build(force: bool) -> None:
     """Build (once, cached by version) the agent's kernel and initramfs from Debian's packages."""
-    from plunder.agent.build import AGENT_VERSION, build_agent
+    from plunder.images.agent import AGENT_VERSION, build_agent
 
     built = build_agent(force=force)
     console.print(
@@ -269,7 +269,7 @@ def image() -> None:
 @click.option("--force", is_flag=True, help="Build again even if cached.")
 def image_build(force: bool) -> None:
     """Build (once, cached by version) the OS image with debootstrap from Debian's mirror."""
-    from plunder.lab.osimage import build_os_image
+    from plunder.images.osimage import build_os_image
 
     built = build_os_image(force=force)
     console.print(
@@ -288,7 +288,7 @@ def installer() -> None:
 @click.option("--force", is_flag=True, help="Fetch again even if cached.")
 def installer_build(force: bool) -> None:
     """Fetch (once, cached by version) the Debian installer's netboot kernel and initrd."""
-    from plunder.lab.installer import PACKAGE, PACKAGE_VERSION, build_debian_installer
+    from plunder.images.installer import PACKAGE, PACKAGE_VERSION, build_debian_installer
 
     built = build_debian_installer(force=force)
     console.print(

@@ -16,7 +16,7 @@ import click
 import yaml
 
 from plunder import __version__
-from plunder.lab import binaries
+from plunder.images import binaries
 
 PROVIDER = "infrastructure-plunder"
 COMPONENTS_FILE = "infrastructure-components.yaml"

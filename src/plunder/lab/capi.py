@@ -38,8 +38,9 @@ from lightkube.resources.admissionregistration_v1 import (
     ValidatingWebhookConfiguration,
 )
 
+from plunder.images import binaries
 from plunder.k8s import crds
-from plunder.lab import binaries, processes
+from plunder.lab import processes
 from plunder.lab.pki import PlanePKI, issue_serving_certificate
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class ClusterAPIManager:
     """One of Cluster API's managers: its program, its source folder and its release prefix."""
 
     program: str
-    """The program's name in :data:`plunder.lab.binaries.PROGRAMS`."""
+    """The program's name in :data:`plunder.images.binaries.PROGRAMS`."""
     component: str
     """Its folder in the Cluster API module (config/crd and config/webhook are under it)."""
     prefix: str

@@ -21,13 +21,14 @@ from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
 from typing import Literal
 
-from plunder.agent.build import build_agent
 from plunder.boot import netns
+from plunder.images import binaries
+from plunder.images.agent import build_agent
+from plunder.images.installer import build_debian_installer
+from plunder.images.osimage import build_os_image
 from plunder.k8s import client as k8s_client
 from plunder.k8s import crds
-from plunder.lab import binaries, bmc, capi, hypervisor, network, processes, vms
-from plunder.lab.installer import build_debian_installer
-from plunder.lab.osimage import build_os_image
+from plunder.lab import bmc, capi, hypervisor, network, processes, vms
 from plunder.lab.plane import PlanePorts, start_plane
 
 # The order they are stopped in.

@@ -63,11 +63,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from plunder.lab import binaries
+from plunder.images import binaries
 
 log = logging.getLogger(__name__)
 
-IMAGE_VERSION = "6"
+IMAGE_VERSION = "7"
 """Bump whenever the recipe below changes: the version is part of the cached file's name."""
 
 SUITE = "bookworm"
@@ -331,7 +331,7 @@ def cloud_init_config() -> str:
         "power-state-change",
     )
     lines = [
-        "# Written by plunder's image build (plunder/lab/osimage.py). The seed is read from",
+        "# Written by plunder's image build (plunder/images/osimage.py). The seed is read from",
         f"# {SEED_DIR}/ (meta-data, user-data, network-config).",
         "datasource_list: [NoCloud, None]",
         "disable_root: true",
