@@ -183,6 +183,8 @@ def test_cloud_init_data_for_the_installation() -> None:
     assert hoststate.meta_data(static) == {
         "instance-id": "u-1-b1",
         "local-hostname": "controlplane",
+        # what the kubelet registers its Node with, so Cluster API finds the Machine's Node
+        "provider-id": f"plunder://{MAC}",
     }
     assert hoststate.network_config(static) == {
         "version": 2,

@@ -76,16 +76,26 @@ def crds(output_dir: Path | None) -> None:
     default=None,
     help="The Lease's namespace (default: --namespace, else the pod's, else default).",
 )
+@click.option(
+    "--provisioning-timeout",
+    type=click.FloatRange(min=1),
+    default=1800,
+    show_default=True,
+    help="Seconds from the start of provisioning to the installed OS's phone home; then the "
+    "host goes to error (ProvisioningTimeout).",
+)
 def controller(
     kubeconfig: Path | None,
     namespace: str | None,
     liveness_port: int | None,
     leader_elect: bool,
     leader_election_namespace: str | None,
+    provisioning_timeout: float,
 ) -> None:
     """Run the controllers (kopf operator) until SIGTERM."""
     from plunder.k8s import client as k8s_client
     from plunder.k8s import crds as k8s_crds
+    from plunder.operator import deadline
     from plunder.operator.main import run_operator
 
     if kubeconfig is not None:
@@ -100,6 +110,7 @@ def controller(
     lease_namespace = None
     if leader_elect:
         lease_namespace = leader_election_namespace or namespace or _pod_namespace() or "default"
+    deadline.SETTINGS.provisioning_timeout_s = provisioning_timeout
     run_operator(namespace, liveness_port, lease_namespace)
 
 
@@ -124,7 +135,7 @@ def lab() -> None:
     type=int,
     default=3,
     show_default=True,
-    help="Blank virtual bare-metal hosts (every third boots UEFI); 0: none, and no "
+    help="Blank virtual bare-metal hosts (the second of every three boots UEFI); 0: none, and no "
     "provisioning network or boot service.",
 )
 @click.option(
@@ -146,7 +157,7 @@ def lab() -> None:
     type=click.Choice(["mixed", "bios", "uefi"]),
     default="mixed",
     show_default=True,
-    help="The hosts' firmware; mixed: every third host boots UEFI.",
+    help="The hosts' firmware; mixed: the second of every three hosts boots UEFI.",
 )
 def lab_up(
     lab_dir: Path | None,
@@ -262,19 +273,29 @@ def agent_build(force: bool) -> None:
 
 @cli.group()
 def image() -> None:
-    """The Debian + cloud-init disk image the lab installs on hosts."""
+    """The disk images the lab installs on hosts: Debian + cloud-init, and a Kubernetes node."""
 
 
 @image.command("build")
 @click.option("--force", is_flag=True, help="Build again even if cached.")
-def image_build(force: bool) -> None:
-    """Build (once, cached by version) the OS image with debootstrap from Debian's mirror."""
+@click.option(
+    "--flavour",
+    type=click.Choice(["base", "node"]),
+    default="base",
+    show_default=True,
+    help="base: Debian 12 + cloud-init; node: that plus Kubernetes, containerd and the "
+    "control-plane images kubeadm asks for, preloaded.",
+)
+def image_build(force: bool, flavour: str) -> None:
+    """Build (once, cached by version) an OS image with debootstrap from Debian's mirror."""
+    from plunder.images.nodeimage import build_node_image
     from plunder.images.osimage import build_os_image
 
-    built = build_os_image(force=force)
+    built = build_node_image(force=force) if flavour == "node" else build_os_image(force=force)
     console.print(
         f"raw:      {built.path}\n  sha256: {built.sha256}\n"
-        f"raw-gzip: {built.gz_path}\n  sha256: {built.sha256_gz}",
+        f"raw-gzip: {built.gz_path}\n  sha256: {built.sha256_gz}\n"
+        f"raw-lzop: {built.lzo_path}\n  sha256: {built.sha256_lzo}",
         soft_wrap=True,
     )
 

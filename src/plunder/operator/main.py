@@ -12,7 +12,7 @@ import kopf
 from plunder.k8s import client as k8s_client
 
 # Importing the handler modules registers their handlers with kopf's default registry.
-from plunder.operator import cluster, host, machine, power, settings  # noqa: F401
+from plunder.operator import cluster, deadline, host, machine, power, settings  # noqa: F401
 from plunder.operator.leader import LeaderElector, exit_on_lost_leadership
 
 LIVENESS_PATH = "/healthz"
