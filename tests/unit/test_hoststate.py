@@ -193,7 +193,7 @@ def test_cloud_init_data_for_the_installation() -> None:
                 "match": {"macaddress": MAC},
                 "set-name": "prov0",
                 "addresses": ["172.31.99.20/24"],
-                "routes": [{"to": "default", "via": "172.31.99.1"}],
+                "routes": [{"to": "0.0.0.0/0", "via": "172.31.99.1"}],
                 "nameservers": {"addresses": ["172.31.99.1"]},
             }
         },

@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from plunder.images import containers, nodeimage
 
@@ -147,3 +148,31 @@ def test_the_pod_network_script_configures_its_node_and_routes_to_the_others(
     assert "192.168.0.0/24 via" not in done  # no route to its own pods
     assert "-A PLUNDER-PODNET -d 192.168.1.0/24 -j RETURN" in done  # other pods: not rewritten
     assert "-A PLUNDER-PODNET -j MASQUERADE" in done  # everything else leaving: masqueraded
+
+
+def test_on_a_control_plane_node_the_script_lets_nodes_read_the_nodes(tmp_path: Path) -> None:
+    """Kubernetes 1.32+ lets a node read only its own Node: the script grants the rest."""
+    script = nodeimage.podnet_script()
+    body = script.split("until [ -s", 1)[0]
+    applied = tmp_path / "applied.yaml"
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(f'#!/bin/sh\necho "$*" > {tmp_path}/args\ncat > {applied}\n')
+    kubectl.chmod(0o755)
+    admin = tmp_path / "admin.conf"
+    admin.write_text("pretend\n")
+    body = body.replace(nodeimage.BIN + "/kubectl", str(kubectl))
+    body = body.replace("/run/plunder-podnet", str(tmp_path / "state"))
+    body = body.replace("/etc/cni/net.d", str(tmp_path)).replace(
+        "/etc/kubernetes/admin.conf", str(admin)
+    )
+    result = subprocess.run(
+        ["sh", "-c", body + "grant\n"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"--kubeconfig={admin} apply -f -" in (tmp_path / "args").read_text()
+    role, binding = yaml.safe_load_all(applied.read_text())
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}
+    ]
+    assert binding["subjects"][0]["name"] == "system:nodes"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"] == "plunder:podnet"

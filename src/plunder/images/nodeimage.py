@@ -72,7 +72,20 @@ SMOKE_IMAGE = "plunder.local/smoke/busybox:1.35"
 """A workload image for tests: busybox with its applets (``httpd``, ``wget``, ``sh`` …)."""
 
 BUSYBOX = Path("/bin/busybox")
-SMOKE_APPLETS = ("sh", "httpd", "wget", "sleep", "cat", "echo", "hostname", "ip", "nc", "ls")
+SMOKE_APPLETS = (
+    "sh",
+    "httpd",
+    "wget",
+    "nslookup",
+    "sleep",
+    "cat",
+    "echo",
+    "hostname",
+    "ip",
+    "nc",
+    "ls",
+    "mkdir",
+)
 
 BIN = "/usr/local/bin"
 CNI_BIN = "/opt/cni/bin"
@@ -229,10 +242,14 @@ def cni_config(pod_cidr: str) -> str:
 def podnet_script() -> str:
     """``plunder-podnet``: this node's CNI config, routes to other nodes' pods, masquerading.
 
-    It watches Nodes with the kubelet's credentials (a node may read every Node) and, for each
-    Node with a ``spec.podCIDR``: its own → the CNI configuration; another's → a route via that
-    node's InternalIP. Pod traffic to anything outside the known pod subnets is masqueraded.
-    When the watch ends (an API server restart), it starts again.
+    It watches Nodes with the kubelet's credentials and, for each Node with a ``spec.podCIDR``:
+    its own → the CNI configuration; another's → a route via that node's InternalIP. Pod
+    traffic to anything outside the known pod subnets is masqueraded. When the watch ends (an
+    API server restart), it starts again.
+
+    Since Kubernetes 1.32 the Node authorizer lets a node read only its own Node, so on a
+    control-plane node (the one with ``admin.conf``) it first grants the group ``system:nodes``
+    read access to Nodes (ClusterRole ``plunder:podnet``), as every CNI's service account has.
     """
     template = _PODNET_TEMPLATE
     cni = json.dumps(json.loads(cni_config("@CIDR@")), separators=(",", ":")) + "\\n"
@@ -244,10 +261,29 @@ _PODNET_TEMPLATE = r"""#!/bin/sh
 # Written by plunder's node image build (plunder/images/nodeimage.py).
 set -u
 KUBECONFIG=/etc/kubernetes/kubelet.conf
+ADMIN=/etc/kubernetes/admin.conf
 STATE=/run/plunder-podnet
 SELF=$(hostname)
 mkdir -p "$STATE" /etc/cni/net.d
 touch "$STATE/subnets"
+
+grant() {  # on a control-plane node: every node may read the Nodes (subnets, addresses)
+    [ -s "$ADMIN" ] || return 0
+    until printf '%s\n' \
+        'apiVersion: rbac.authorization.k8s.io/v1' 'kind: ClusterRole' \
+        'metadata: {name: "plunder:podnet"}' \
+        'rules: [{apiGroups: [""], resources: [nodes], verbs: [get, list, watch]}]' \
+        '---' \
+        'apiVersion: rbac.authorization.k8s.io/v1' 'kind: ClusterRoleBinding' \
+        'metadata: {name: "plunder:podnet"}' \
+        'roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole,' \
+        '  name: "plunder:podnet"}' \
+        'subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:nodes"}]' |
+        @BIN@/kubectl --kubeconfig="$ADMIN" apply -f - >/dev/null; do
+        sleep 10
+    done
+    echo "plunder-podnet: nodes may read the Nodes (ClusterRole plunder:podnet)"
+}
 
 masquerade() {  # everything from this node's pods to outside every known pod subnet
     own=$1
@@ -264,26 +300,36 @@ masquerade() {  # everything from this node's pods to outside every known pod su
         iptables -t nat -A POSTROUTING -s "$own" -j PLUNDER-PODNET
 }
 
-node() {  # name podCIDR internalIP
+node() {  # name podCIDR internalIP: act only on what changed
     name=$1 subnet=$2 address=$3
     [ -n "$subnet" ] || return 0
-    grep -qx "$subnet" "$STATE/subnets" || echo "$subnet" >> "$STATE/subnets"
+    changed=
+    if ! grep -qx "$subnet" "$STATE/subnets"; then
+        echo "$subnet" >> "$STATE/subnets"
+        changed=yes
+    fi
     if [ "$name" = "$SELF" ]; then
         printf '@CNI_JSON@' | sed "s#@CIDR@#$subnet#" > "$STATE/cni.tmp"
         if ! cmp -s "$STATE/cni.tmp" @CNI_CONF@; then
             mv "$STATE/cni.tmp" @CNI_CONF@
             echo "plunder-podnet: pods of $name get addresses from $subnet"
         fi
+        [ "$(cat "$STATE/own" 2>/dev/null)" = "$subnet" ] || changed=yes
         echo "$subnet" > "$STATE/own"
-    elif [ -n "$address" ]; then
+    elif [ -n "$address" ] &&
+        [ "$(cat "$STATE/via-$name" 2>/dev/null)" != "$subnet $address" ]; then
         ip route replace "$subnet" via "$address" &&
+            echo "$subnet $address" > "$STATE/via-$name" &&
             echo "plunder-podnet: $subnet via $address ($name)"
     fi
-    [ -s "$STATE/own" ] && masquerade "$(cat "$STATE/own")"
+    if [ -n "$changed" ] && [ -s "$STATE/own" ]; then
+        masquerade "$(cat "$STATE/own")"
+    fi
     return 0
 }
 
 until [ -s "$KUBECONFIG" ]; do sleep 5; done
+grant &
 while :; do
     fields='{.metadata.name} {.spec.podCIDR}'
     fields="$fields"' {.status.addresses[?(@.type=="InternalIP")].address}{"\n"}'
@@ -617,6 +663,11 @@ def preload(
             daemon.wait()
     for leftover in STORE_LEFTOVERS:
         shutil.rmtree(root / leftover, ignore_errors=True)
+    # `content rm` forgets the blobs at once; their files go at the next garbage collection,
+    # which this short-lived containerd never reaches
+    blobs = root / "io.containerd.content.v1.content" / "blobs" / "sha256"
+    for image in images:
+        (blobs / image.layer_digest.removeprefix("sha256:")).unlink(missing_ok=True)
 
 
 def _wait_for_socket(socket: Path, daemon: subprocess.Popen[bytes], log_file: Path) -> None:

@@ -224,6 +224,12 @@ def _start_hosts(lab_dir: Path, options: LabOptions, kubeconfig: Path) -> tuple[
             str(IPv4Interface(options.ipv4).network),
             "--dhcp",
             options.dhcp,
+            # A default route and a name server, as a site's DHCP gives: Kubernetes nodes need
+            # both (kubelet's address, CoreDNS). Nothing is routed or answered past the lab.
+            "--router",
+            address,
+            "--dns-server",
+            address,
             "--run-dir",
             str(lab_dir / "boot"),
             "--files-dir",

@@ -273,7 +273,10 @@ def network_config(host: PlunderHost) -> dict[str, Any] | None:
         "addresses": [f"{network.ip_address}/{network.prefix_length}"],
     }
     if network.gateway:
-        ethernet["routes"] = [{"to": "default", "via": network.gateway}]
+        # cloud-init 22.4 (Debian 12) refuses netplan's `to: default` ("not a valid ip
+        # network") and then drops the address too: name the default route by its prefix
+        default = "::/0" if ":" in str(network.gateway) else "0.0.0.0/0"
+        ethernet["routes"] = [{"to": default, "via": network.gateway}]
     if network.nameservers:
         ethernet["nameservers"] = {"addresses": list(network.nameservers)}
     return {"version": 2, "ethernets": {"provisioning": ethernet}}
