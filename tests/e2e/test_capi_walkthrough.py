@@ -119,6 +119,7 @@ spec:
 """
 
 
+@pytest.mark.timeout(3600)  # two emulated hosts, one after the other, each with kubeadm
 def test_the_walkthrough_ends_in_a_working_cluster(lab: IsolatedLab) -> None:
     env = {**os.environ, "KUBECONFIG": str(lab.kubeconfig)}
     started = time.monotonic()

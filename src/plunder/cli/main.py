@@ -204,6 +204,34 @@ def lab_up(
     console.print("Stop it with: plunderctl lab down")
 
 
+@lab.command("cluster")
+@_LAB_DIR
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=3600,
+    show_default=True,
+    help="Seconds to wait for the cluster's Nodes to be Ready.",
+)
+def lab_cluster(lab_dir: Path | None, timeout: float) -> None:
+    """The seed's walkthrough: apply examples/simple/ and wait for a working cluster."""
+    from plunder.k8s import client as k8s_client
+    from plunder.lab import lab as lab_module
+    from plunder.lab import walkthrough
+
+    folder = lab_dir or lab_module.default_lab_dir()
+    client = k8s_client.sync_client(folder / "kubeconfig")
+    try:
+        workload = walkthrough.run(folder, client, console.print, timeout)
+    except walkthrough.WalkthroughError as error:
+        err_console.print(f"[red]{error}[/red]")
+        sys.exit(1)
+    console.print(f"[green]The cluster {walkthrough.CLUSTER} works[/green]. Use it with:")
+    console.print(f"  kubectl --kubeconfig {workload} get nodes", soft_wrap=True)
+    name = walkthrough.CLUSTER
+    console.print(f"  (or: clusterctl get kubeconfig {name} > {name}.kubeconfig)")
+
+
 @lab.command("down")
 @_LAB_DIR
 def lab_down(lab_dir: Path | None) -> None:
