@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from plunder.api import crdgen, rules
+from plunder.api import crdgen, policies, rules
 from plunder.api.base import Resource
 from plunder.api.common import APIEndpoint, StaticNetwork
 from tests.schema_cases import CASES, Case
@@ -86,14 +86,26 @@ def test_model_rules_become_the_objects_cel() -> None:
 
 
 def test_a_fields_rules_join_its_models_rules() -> None:
-    schema = crdgen.resource_schema(KINDS["PlunderMachineTemplate"])
+    schema = crdgen.resource_schema(KINDS["PlunderClusterTemplate"])
     spec = schema["properties"]["spec"]["properties"]["template"]["properties"]["spec"]
     messages = [rule["message"] for rule in spec["x-kubernetes-validations"]]
-    assert any(message.startswith("set exactly one of spec.image") for message in messages)
-    assert any(message.startswith("spec.template.spec is immutable") for message in messages)
-    # The shared PlunderMachineSpec of PlunderMachine does not become immutable.
-    machine = crdgen.resource_schema(KINDS["PlunderMachine"])["properties"]["spec"]
-    assert not any("template" in rule["message"] for rule in machine["x-kubernetes-validations"])
+    assert any(m.startswith("spec.controlPlaneEndpoint is immutable") for m in messages)
+    assert any(m.startswith("spec.template.spec is immutable") for m in messages)
+    # The shared PlunderClusterSpec of PlunderCluster does not become immutable.
+    cluster = crdgen.resource_schema(KINDS["PlunderCluster"])["properties"]["spec"]
+    assert not any("template" in rule["message"] for rule in cluster["x-kubernetes-validations"])
+
+
+def test_machine_templates_are_immutable_by_policy_not_by_crd() -> None:
+    """Cluster API's topology dry run must pass (plunder.api.policies says why)."""
+    schema = crdgen.resource_schema(KINDS["PlunderMachineTemplate"])
+    spec = schema["properties"]["spec"]["properties"]["template"]["properties"]["spec"]
+    assert "self == oldSelf" not in [rule["rule"] for rule in spec["x-kubernetes-validations"]]
+    policy, binding = policies.all_policies()
+    (validation,) = policy["spec"]["validations"]
+    assert "request.dryRun" in validation["expression"]
+    assert policies.TOPOLOGY_DRY_RUN_ANNOTATION in validation["expression"]
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
 
 
 def test_bounded_maps_are_bounded_by_max_properties() -> None:

@@ -346,14 +346,11 @@ class PlunderMachineTemplateResource(KubeModel):
 
     metadata: ObjectMetaTemplate | None = None
     """Labels and annotations for PlunderMachines made from this template."""
-    spec: Annotated[
-        PlunderMachineSpec,
-        Enforce(
-            _immutable_template(
-                "PlunderMachineTemplate", "the MachineDeployment or KubeadmControlPlane"
-            )
-        ),
-    ]
+    # Immutable too, but not by a CEL rule here: Cluster API's topology controller dry-runs a
+    # changed spec onto the current template to decide whether to rotate it, and that dry run
+    # must pass. CRD rules cannot tell a dry run from a change; the admission policy of
+    # plunder.api.policies can.
+    spec: PlunderMachineSpec
     """The spec of PlunderMachines made from this template."""
 
 
