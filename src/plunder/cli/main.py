@@ -10,6 +10,7 @@ from typing import Literal
 
 import click
 import httpx2 as httpx
+import yaml
 from lightkube.core.exceptions import ConfigError
 from rich.console import Console
 from rich.table import Table
@@ -48,7 +49,8 @@ def cli(verbose: bool) -> None:
 @click.option(
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Write one file per CRD here (as config/crd/bases) instead of printing them.",
+    help="Write one file per CRD here (as config/crd/bases), and the admission policies to "
+    "config/policy beside it, instead of printing the CRDs.",
 )
 def crds(output_dir: Path | None) -> None:
     """Print the CustomResourceDefinitions, generated from the API models."""
@@ -60,6 +62,21 @@ def crds(output_dir: Path | None) -> None:
         path = output_dir / crdgen.crd_file_name(kind)
         path.write_text(crdgen.render(crdgen.custom_resource_definition(kind)))
         err_console.print(f"wrote {path}")
+    policies_file = output_dir.parent.parent / "policy" / POLICIES_FILE
+    policies_file.parent.mkdir(exist_ok=True)
+    policies_file.write_text(render_policies())
+    err_console.print(f"wrote {policies_file}")
+
+
+POLICIES_FILE = "policies.yaml"
+
+
+def render_policies() -> str:
+    """config/policy/policies.yaml: the admission policies a CRD cannot hold, as YAML."""
+    from plunder.api import policies
+
+    header = "# Generated from src/plunder/api/policies.py by `make crds`; do not edit.\n"
+    return header + yaml.safe_dump_all(policies.all_policies(), sort_keys=False)
 
 
 @cli.command()
