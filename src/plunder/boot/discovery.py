@@ -1,0 +1,45 @@
+"""The bound on discovery: a cap on hosts nobody has accepted, and a rate of new ones.
+
+Any client on the provisioning network can send ``/boot.ipxe?mac=…`` with MACs it makes up, and
+each new MAC would be a new PlunderHost: without a bound, one client fills the API server. The
+cap is counted from the host cache (so it holds across restarts and, within a cache's lag,
+across replicas); the rate is a token bucket in this replica's memory. A MAC that is refused is
+told to ask again later, and nothing is written for it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from plunder.boot.settings import DiscoverySettings
+
+
+class DiscoveryGate:
+    """Admits new MACs within the cap and the rate of :class:`DiscoverySettings`."""
+
+    def __init__(self, settings: DiscoverySettings) -> None:
+        self.settings = settings
+        self._allowance = float(settings.burst)
+        self._at = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        rate = self.settings.per_minute / 60.0
+        self._allowance = min(float(self.settings.burst), self._allowance + (now - self._at) * rate)
+        self._at = now
+
+    def refusal(self, pending: int) -> str | None:
+        """Why a new MAC is not recorded now (None: record it, and count it against the rate).
+
+        Args:
+            pending: Hosts discovered and not accepted, with those being created.
+        """
+        if not self.settings.enabled:
+            return "discovery is off"
+        if pending >= self.settings.max_pending:
+            return f"{pending} discovered hosts are waiting to be accepted (the cap)"
+        self._refill()
+        if self._allowance < 1.0:
+            return "too many new hosts at once (the rate limit)"
+        self._allowance -= 1.0
+        return None
