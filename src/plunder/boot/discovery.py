@@ -21,6 +21,8 @@ class DiscoveryGate:
         self.settings = settings
         self._allowance = float(settings.burst)
         self._at = time.monotonic()
+        self.admitted = 0
+        """Admitted and not yet settled (the create under way): counted against the cap."""
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -31,15 +33,23 @@ class DiscoveryGate:
     def refusal(self, pending: int) -> str | None:
         """Why a new MAC is not recorded now (None: record it, and count it against the rate).
 
+        A MAC admitted counts against the cap until :meth:`settled` is called for it.
+
         Args:
             pending: Hosts discovered and not accepted, with those being created.
         """
         if not self.settings.enabled:
             return "discovery is off"
+        pending += self.admitted
         if pending >= self.settings.max_pending:
             return f"{pending} discovered hosts are waiting to be accepted (the cap)"
         self._refill()
         if self._allowance < 1.0:
             return "too many new hosts at once (the rate limit)"
         self._allowance -= 1.0
+        self.admitted += 1
         return None
+
+    def settled(self) -> None:
+        """An admitted MAC's create has ended (made, or failed): the cache counts it now."""
+        self.admitted -= 1

@@ -103,6 +103,8 @@ async def _discover(request: web.Request, facts: BootFacts) -> str | None:
     except Exception as error:  # noqa: BLE001 - the host keeps polling; we retry then
         log.warning("discovery of %s failed: %s", facts.mac, error)
         return "discovery failed"
+    finally:
+        app[DISCOVERY_KEY].settled()
     return None
 
 
