@@ -266,6 +266,17 @@ async def test_an_attacker_on_the_provisioning_network_gets_nothing_and_the_host
     assert status == 200 and "action=wipe" in work
     host = as_dict(kube.get(HOSTS, NAME, namespace=namespace))
     assert host["status"]["state"] == "deprovisioning", "the attacker moved the host"
+    done = "phase=done\n"
+    assert (await victim.call("POST", f"/agent/v1/{VICTIM}/status", wipe_token, data=done))[
+        0
+    ] == 204
+    await cache_shows(boot, state_is("available"))
+    # Wiped and parked, the agent keeps its token: no window opens for anyone else.
+    assert (await attacker.call("POST", f"/agent/v1/{VICTIM}/lookup"))[0] == 409
+    assert await victim.call("GET", f"/agent/v1/{VICTIM}/work", wipe_token) == (
+        200,
+        "action=wait\n",
+    )
     print(
         "\nattacker: refused",
         len(before) + len(replayed),

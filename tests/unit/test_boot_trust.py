@@ -76,6 +76,10 @@ def test_a_wipe_needs_the_token_of_a_boot_after_the_controller_asked_for_it() ->
     assert trust.refuse_lookup(wiping, 10_000, 60) is not None, "one token per wipe"
     again = [*WRITTEN, {"name": "deprovisioning", "started": "2026-12-02T00:00:00.000Z"}]
     assert trust.current_boot_id(host("deprovisioning", boot_id=fresh, phases=again)) is None
+    # The wipe done, the agent that did it stays parked with its token: no lookup window opens.
+    wiped = host("available", boot_id=fresh, phases=deprovisioning)
+    assert trust.current_boot_id(wiped) == fresh
+    assert trust.refuse_lookup(wiped, 0, 60) is not None
 
 
 def test_boot_ids_are_unguessable_and_distinct() -> None:

@@ -95,8 +95,9 @@ def current_boot_id(host: PlunderHost) -> str | None:
     if not boot_id:
         return None
     _, _, cycle = boot_id.partition(_CYCLE_SEPARATOR)
-    if cycle != controller_cycle(host):
-        return None  # issued before the controller's latest request for a boot
+    if hoststate.state_of(host) == "deprovisioning" and cycle != controller_cycle(host):
+        return None  # issued before the controller asked for this wipe's boot
+    # Outside a wipe any boot id stands: the agent that wiped the disk stays parked with it.
     return boot_id
 
 
