@@ -285,6 +285,21 @@ async def test_an_attacker_on_the_provisioning_network_gets_nothing_and_the_host
     )
 
 
+async def test_of_many_lookups_at_once_exactly_one_gets_the_token(
+    boot: BootService, victim: Peer, attacker: Peer
+) -> None:
+    await victim.call("GET", f"/boot.ipxe?mac={VICTIM}")
+    await cache_shows(boot, lambda h: True)
+    path = f"/agent/v1/{VICTIM}/lookup"
+    answers = await asyncio.gather(
+        *(peer.call("POST", path) for _ in range(10) for peer in (victim, attacker))
+    )
+    assert sorted(status for status, _ in answers) == [200] + [409] * 19, answers
+    [token] = [text.removeprefix("token=").strip() for status, text in answers if status == 200]
+    await cache_shows(boot, lambda h: bool(h.status and h.status.agent_boot_id))
+    assert (await victim.call("GET", f"/agent/v1/{VICTIM}/work", token))[0] == 200
+
+
 async def test_with_dhcp_leases_a_lookup_must_come_from_the_hosts_address(
     boot: BootService, tmp_path: Path, victim: Peer, attacker: Peer
 ) -> None:

@@ -124,3 +124,12 @@ def test_discovery_admits_a_burst_then_the_rate() -> None:
 
 def test_discovery_can_be_switched_off() -> None:
     assert DiscoveryGate(DiscoverySettings(enabled=False)).refusal(0) == "discovery is off"
+
+
+def test_progress_only_while_work_is_under_way() -> None:
+    assert trust.takes_progress(host("provisioning"))
+    assert trust.takes_progress(host("provisioning", phases=WRITING))
+    assert trust.takes_progress(host("deprovisioning"))
+    assert not trust.takes_progress(host("provisioning", phases=WRITTEN))
+    for state in ("available", "provisioned", "error", "inspecting", "discovered"):
+        assert not trust.takes_progress(host(state))

@@ -138,6 +138,16 @@ def serves_seed(host: PlunderHost) -> bool:
     )
 
 
+def takes_progress(host: PlunderHost) -> bool:
+    """Whether the agent's progress may move the host: a write before it ended, or a wipe.
+
+    Afterwards the token of the install (which the installer's logs on the disk keep) can no
+    longer fail or finish anything.
+    """
+    state = hoststate.state_of(host)
+    return state == "deprovisioning" or (state == "provisioning" and not write_ended(host))
+
+
 def takes_phone_home(host: PlunderHost) -> bool:
     """Whether a phone-home may move the host: provisioning, and the write has ended."""
     return hoststate.state_of(host) == "provisioning" and write_ended(host)

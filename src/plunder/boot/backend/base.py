@@ -46,6 +46,9 @@ class HostBackend(Protocol):
     def seen(self, facts: BootFacts) -> None:
         """Note that a known host asked again (written back at a bounded rate)."""
 
+    async def fresh(self, host: PlunderHost) -> PlunderHost:
+        """The host as the API holds it now (and the cache with it)."""
+
     async def patch_host_status(
         self, host: PlunderHost, status: dict[str, Any], guarded: bool = True
     ) -> None:

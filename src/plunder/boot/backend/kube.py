@@ -241,6 +241,15 @@ class KubeHostBackend:
         self.writes += 1
         self._store(as_dict(patched))
 
+    async def fresh(self, host: PlunderHost) -> PlunderHost:
+        """The host read from the API now; the cache is updated with it."""
+        if host.metadata.name is None:
+            raise ValueError("a host without a name cannot be read")
+        obj = await self._client.get(self._resource, host.metadata.name, namespace=self._namespace)
+        raw = as_dict(obj)
+        self._store(raw)
+        return PlunderHost.model_validate(raw)
+
     async def patch_host_status(
         self, host: PlunderHost, status: dict[str, Any], guarded: bool = True
     ) -> None:

@@ -82,32 +82,53 @@ def authorised_host(request: web.Request, token: str | None = None) -> PlunderHo
     return host
 
 
+async def issue_token(request: web.Request, host: PlunderHost, who: str) -> str:
+    """The token of a new boot of ``host``, if :func:`trust.refuse_lookup` allows one now.
+
+    The boot id is written guarded by the resourceVersion the decision was made on, so of two
+    requests (on any replicas) exactly one wins. A conflict with a write that issued no token
+    (this service's own lastSeen, say) is decided again, once, on a fresh read.
+
+    Raises:
+        web.HTTPConflict: No token now (the reason is the body).
+    """
+    app = request.app
+    mac = host.spec.boot_mac_address
+    for attempt in (1, 2):
+        refusal = trust.refuse_lookup(
+            host, app[HOLDERS_KEY].silent_for(mac), app[SETTINGS_KEY].agent_silence_seconds
+        )
+        if refusal is not None:
+            log.warning("%s of %s from %s refused: %s", who, mac, request.remote, refusal)
+            raise web.HTTPConflict(text=f"{refusal}\n")
+        read = host.status.agent_boot_id if host.status else None
+        boot_id = trust.new_boot_id(host)
+        change = hoststate.booted_agent(host, boot_id, datetime.now(UTC))
+        try:
+            await app[BACKEND_KEY].patch_host_status(host, change.status or {})
+        except ApiError as error:
+            fresh = await app[BACKEND_KEY].fresh(host) if error.status.code == 409 else None
+            fresh_id = fresh.status.agent_boot_id if fresh and fresh.status else None
+            if fresh is None or attempt == 2 or fresh_id != read:
+                log.warning("%s of %s from %s lost: %s", who, mac, request.remote, error)
+                raise web.HTTPConflict(text="another request was answered first\n") from None
+            host = fresh  # the conflicting write issued no token: decide again on it
+            continue
+        app[HOLDERS_KEY].heard(mac)  # before any await: a racing request sees it in use
+        if change.event is not None:
+            await app[EVENTS_KEY](host, *change.event)
+        log.info("issued the token of a new boot of %s to %s (%s)", mac, request.remote, who)
+        return app[SIGNER_KEY].token(mac, boot_id)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 async def lookup(request: web.Request) -> web.Response:
     """The agent of a new boot asks for its token: the first lookup of a boot gets it."""
     mac = _mac_of(request)
-    app = request.app
-    host = app[BACKEND_KEY].by_mac(mac)
+    host = request.app[BACKEND_KEY].by_mac(mac)
     if host is None:
         raise web.HTTPNotFound(text="no such host (yet)\n")
-    refusal = trust.refuse_lookup(
-        host, app[HOLDERS_KEY].silent_for(mac), app[SETTINGS_KEY].agent_silence_seconds
-    )
-    if refusal is not None:
-        log.warning("lookup of %s from %s refused: %s", mac, request.remote, refusal)
-        raise web.HTTPConflict(text=f"{refusal}\n")
-    boot_id = trust.new_boot_id(host)
-    change = hoststate.booted_agent(host, boot_id, datetime.now(UTC))
-    try:
-        # Guarded by the version read: of two lookups (on any replicas) exactly one wins.
-        await app[BACKEND_KEY].patch_host_status(host, change.status or {})
-    except ApiError as error:
-        log.warning("lookup of %s from %s lost: %s", mac, request.remote, error.status.reason)
-        raise web.HTTPConflict(text="another lookup was answered first\n") from None
-    if change.event is not None:
-        await app[EVENTS_KEY](host, *change.event)
-    app[HOLDERS_KEY].heard(mac)
-    log.info("issued the token of a new boot of %s to %s", mac, request.remote)
-    return _kv({"token": app[SIGNER_KEY].token(mac, boot_id)})
+    return _kv({"token": await issue_token(request, host, "lookup")})
 
 
 async def inspection(request: web.Request) -> web.Response:
@@ -151,6 +172,13 @@ async def work(request: web.Request) -> web.Response:
 async def progress(request: web.Request) -> web.Response:
     """The agent reports a phase of its work (key=value lines)."""
     host = authorised_host(request)
+    if not trust.takes_progress(host):
+        log.warning(
+            "progress of %s refused: no work under way (%s)",
+            host.spec.boot_mac_address,
+            hoststate.state_of(host),
+        )
+        raise web.HTTPConflict(text="no work is under way on this host\n")
     text = (await request.content.read(8192)).decode(errors="replace")
     fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     change = hoststate.agent_progress(host, fields, datetime.now(UTC))

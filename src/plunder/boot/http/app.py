@@ -110,25 +110,10 @@ async def _discover(request: web.Request, facts: BootFacts) -> str | None:
 
 async def _installer_token(request: web.Request, host: PlunderHost) -> str | None:
     """The token of an installer boot (its kernel cannot make a lookup); None: not now."""
-    app = request.app
-    mac = host.spec.boot_mac_address
-    holders = app[HOLDERS_KEY]
-    refusal = trust.refuse_lookup(
-        host, holders.silent_for(mac), app[SETTINGS_KEY].agent_silence_seconds
-    )
-    if refusal is not None:
-        log.warning("installer boot of %s from %s held back: %s", mac, request.remote, refusal)
-        return None
-    boot_id = trust.new_boot_id(host)
-    change = hoststate.booted_agent(host, boot_id, datetime.now(UTC))
     try:
-        # Guarded: of two requests for one boot, only one gets a token.
-        await app[BACKEND_KEY].patch_host_status(host, change.status or {})
-    except ApiError as error:
-        log.info("installer token of %s not issued: %s", mac, error.status.reason)
+        return await agent.issue_token(request, host, "installer boot")
+    except web.HTTPConflict:
         return None
-    holders.heard(mac)
-    return app[SIGNER_KEY].token(mac, boot_id)
 
 
 async def _interrupted_write(request: web.Request, host: PlunderHost) -> None:
