@@ -30,6 +30,7 @@ from plunder.boot.http.keys import (
     EVENTS_KEY,
     HOLDERS_KEY,
     LEASES_KEY,
+    METRICS_KEY,
     READY_KEY,
     SETTINGS_KEY,
     SIGNER_KEY,
@@ -56,6 +57,7 @@ def _mac_of(request: web.Request) -> str:
     leased_to = request.app[LEASES_KEY].mac_for(request.remote or "")
     if leased_to is not None and leased_to != mac:
         log.warning("call for %s from %s, leased to %s: refused", mac, request.remote, leased_to)
+        request.app[METRICS_KEY].rejected.labels("spoofed-mac").inc()
         raise web.HTTPForbidden(text="this address is leased to another MAC\n")
     return mac
 
@@ -77,6 +79,7 @@ def authorised_host(request: web.Request, token: str | None = None) -> PlunderHo
             request.remote,
             mac,
         )
+        request.app[METRICS_KEY].rejected.labels("bad-token").inc()
         raise web.HTTPForbidden(text="no valid token for this host\n")
     request.app[HOLDERS_KEY].heard(mac)
     return host
@@ -100,6 +103,7 @@ async def issue_token(request: web.Request, host: PlunderHost, who: str) -> str:
         )
         if refusal is not None:
             log.warning("%s of %s from %s refused: %s", who, mac, request.remote, refusal)
+            app[METRICS_KEY].rejected.labels("token-issued-already").inc()
             raise web.HTTPConflict(text=f"{refusal}\n")
         read = host.status.agent_boot_id if host.status else None
         boot_id = trust.new_boot_id(host)
