@@ -112,18 +112,18 @@ def test_an_interrupted_write_is_one_begun_and_not_ended() -> None:
 @pytest.mark.parametrize("pending", [100, 250])
 def test_discovery_stops_at_the_cap(pending: int) -> None:
     gate = DiscoveryGate(DiscoverySettings())
-    assert gate.refusal(pending) is not None and "cap" in (gate.refusal(pending) or "")
+    assert "cap" in (gate.refusal(lambda: pending) or "")
 
 
 def test_discovery_admits_a_burst_then_the_rate() -> None:
     gate = DiscoveryGate(DiscoverySettings(burst=5, per_minute=60))
-    admitted = [gate.refusal(0) is None for _ in range(50)]
+    admitted = [gate.refusal(lambda: 0) is None for _ in range(50)]
     assert admitted.count(True) == 5
-    assert gate.refusal(0) == "too many new hosts at once (the rate limit)"
+    assert gate.refusal(lambda: 0) == "too many new hosts at once (the rate limit)"
 
 
 def test_discovery_can_be_switched_off() -> None:
-    assert DiscoveryGate(DiscoverySettings(enabled=False)).refusal(0) == "discovery is off"
+    assert DiscoveryGate(DiscoverySettings(enabled=False)).refusal(lambda: 0) == "discovery is off"
 
 
 def test_progress_only_while_work_is_under_way() -> None:

@@ -10,6 +10,7 @@ told to ask again later, and nothing is written for it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from plunder.boot.settings import DiscoverySettings
 
@@ -30,22 +31,23 @@ class DiscoveryGate:
         self._allowance = min(float(self.settings.burst), self._allowance + (now - self._at) * rate)
         self._at = now
 
-    def refusal(self, pending: int) -> str | None:
+    def refusal(self, pending: Callable[[], int]) -> str | None:
         """Why a new MAC is not recorded now (None: record it, and count it against the rate).
 
-        A MAC admitted counts against the cap until :meth:`settled` is called for it.
+        A MAC admitted counts against the cap until :meth:`settled` is called for it. The rate
+        is looked at first: in a flood most requests are refused without counting the cache.
 
         Args:
-            pending: Hosts discovered and not accepted, with those being created.
+            pending: Counts the hosts discovered and not accepted, with those being created.
         """
         if not self.settings.enabled:
             return "discovery is off"
-        pending += self.admitted
-        if pending >= self.settings.max_pending:
-            return f"{pending} discovered hosts are waiting to be accepted (the cap)"
         self._refill()
         if self._allowance < 1.0:
             return "too many new hosts at once (the rate limit)"
+        waiting = pending() + self.admitted
+        if waiting >= self.settings.max_pending:
+            return f"{waiting} discovered hosts are waiting to be accepted (the cap)"
         self._allowance -= 1.0
         self.admitted += 1
         return None

@@ -91,7 +91,7 @@ async def _discover(request: web.Request, facts: BootFacts) -> str | None:
     """Record a new MAC within the bound on discovery; why not, if it was not recorded."""
     app = request.app
     backend = app[BACKEND_KEY]
-    refusal = app[DISCOVERY_KEY].refusal(backend.pending_discoveries())
+    refusal = app[DISCOVERY_KEY].refusal(backend.pending_discoveries)
     if refusal is not None:
         app[METRICS_KEY].rejected.labels("discovery-bound").inc()
         log.info("discovery of %s from %s held back: %s", facts.mac, request.remote, refusal)
