@@ -7,7 +7,7 @@ no secret, and neither iPXE nor an installer can prove which machine it runs on.
   token of its boot, and only the first lookup of a boot is (Ironic's rule): the boot id is
   written with a write guarded by resourceVersion, so of two lookups, on one replica or on two,
   exactly one wins. A PXE request never issues, renews or revokes an agent token.
-- **A token is for one boot the controller asked for.** A host's window for a lookup is open
+- **A token is for one boot (for a wipe: one the controller asked for).** A lookup window is open
   when no boot id is recorded (a new host), when the controller has since moved the host into
   ``deprovisioning`` (a boot id is stamped with the deprovisioning it was issued for, so the
   token of the boot that installed the OS is worthless for the wipe), or when its holder has
@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Literal
 
 from plunder.api.inventory import PlunderHost
 from plunder.reconcile import hoststate
 
-StakeState = Literal["provisioning", "deprovisioning"]
-_AT_STAKE: frozenset[str] = frozenset({"provisioning", "deprovisioning"})
 _CYCLE_SEPARATOR = "."
 
 
@@ -151,8 +148,3 @@ def takes_progress(host: PlunderHost) -> bool:
 def takes_phone_home(host: PlunderHost) -> bool:
     """Whether a phone-home may move the host: provisioning, and the write has ended."""
     return hoststate.state_of(host) == "provisioning" and write_ended(host)
-
-
-def at_stake(host: PlunderHost) -> bool:
-    """Whether the host's disk is being written or wiped (states whose token matters most)."""
-    return hoststate.state_of(host) in _AT_STAKE
