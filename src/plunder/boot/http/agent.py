@@ -85,6 +85,19 @@ def authorised_host(request: web.Request, token: str | None = None) -> PlunderHo
     return host
 
 
+def _silent_for(request: web.Request, host: PlunderHost) -> float:
+    """How long the host's token holder has been silent, as far as any replica can tell.
+
+    This replica's memory, or the host's ``lastSeen`` (written by any replica, at most every
+    ``last_seen_interval``), whichever says it was heard more recently.
+    """
+    silent = request.app[HOLDERS_KEY].silent_for(host.spec.boot_mac_address)
+    last_seen = host.status.last_seen if host.status else None
+    if last_seen is not None:
+        silent = min(silent, max(0.0, (datetime.now(UTC) - last_seen).total_seconds()))
+    return silent
+
+
 async def issue_token(request: web.Request, host: PlunderHost, who: str) -> str:
     """The token of a new boot of ``host``, if :func:`trust.refuse_lookup` allows one now.
 
@@ -99,7 +112,7 @@ async def issue_token(request: web.Request, host: PlunderHost, who: str) -> str:
     mac = host.spec.boot_mac_address
     for attempt in (1, 2):
         refusal = trust.refuse_lookup(
-            host, app[HOLDERS_KEY].silent_for(mac), app[SETTINGS_KEY].agent_silence_seconds
+            host, _silent_for(request, host), app[SETTINGS_KEY].agent_silence_seconds
         )
         if refusal is not None:
             log.warning("%s of %s from %s refused: %s", who, mac, request.remote, refusal)
