@@ -26,7 +26,7 @@ from lightkube import Client
 
 from plunder.api.inventory import PlunderHost
 from plunder.boot.service import BootService
-from plunder.boot.settings import BootSettings, DhcpSettings
+from plunder.boot.settings import BootSettings, DhcpSettings, DiscoverySettings
 from plunder.k8s import client as k8s_client
 from plunder.k8s import crds
 from plunder.k8s.resources import resource_for
@@ -123,6 +123,10 @@ async def main(seconds: int, rounds: int) -> None:
                     run_dir=work / "boot",
                     files_dir=files,
                     dhcp=DhcpSettings(mode="off"),
+                    # The burst measures how fast creates go, not the bound on discovery.
+                    discovery=DiscoverySettings(
+                        max_pending=2 * BURST, per_minute=60.0 * BURST, burst=BURST
+                    ),
                 ),
                 plane.kubeconfig,
             )

@@ -5,7 +5,9 @@ missing image, an image too big for the disk, checksum files that are missing or
 image, a full wipe, and finally a good raw-gzip image (checked against a checksum file) of
 an MBR disk with an ext4 root, which it writes, seeds with cloud-init data and reboots from
 (``-no-reboot`` turns that reboot into QEMU's exit). The fake service answers the agent's
-protocol, records every request, and looks at the disk file each time an action ends.
+protocol, records every request, and looks at the disk file each time an action ends. The
+token is not on the kernel command line: the agent looks it up, and looks it up again when the
+fake refuses it once after the first wipe.
 
 The guest reaches nothing but that service: QEMU user networking with ``restrict=on`` and a
 ``guestfwd`` for 10.0.2.100:8080 (and one for .101, playing an image mirror that must never see
@@ -94,6 +96,9 @@ class FakeBootService:
     requests: list[tuple[str, str, str | None, str]] = field(default_factory=list)
     current: str | None = None
     given: list[str] = field(default_factory=list)
+    lookups: int = 0
+    revoke: bool = False
+    """Refuse the token once at the next work request (as when a wipe voids the old boot's)."""
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -105,9 +110,12 @@ class FakeBootService:
         self.requests.append((request.method, request.path, auth, request.host))
         if request.host == IMAGE_MIRROR.removeprefix("http://"):
             return await self.image(request)
+        prefix = f"/agent/v1/{MAC}/"
+        if request.path == f"{prefix}lookup" and request.method == "POST":
+            self.lookups += 1  # the token is never on the command line: the agent asks for it
+            return web.Response(text=f"token={TOKEN}\n")
         if auth != f"Bearer {TOKEN}":
             return web.Response(status=401)
-        prefix = f"/agent/v1/{MAC}/"
         if request.path.startswith("/images/"):
             return await self.image(request)
         if not request.path.startswith(prefix):
@@ -119,6 +127,9 @@ class FakeBootService:
             self.inspection_at = time.monotonic() - self.started
             return web.Response(status=204)
         if what == "work" and request.method == "GET":
+            if self.revoke:
+                self.revoke = False
+                return web.Response(status=403)
             if self.current is None and self.work:
                 self.current = self.work.pop(0)
                 self.given.append(self.current)
@@ -138,6 +149,8 @@ class FakeBootService:
                     disk.seek(-MIB, 2)
                     status.tail = disk.read(MIB)
                 self.current = None
+            if status.reason == "Wiped" and self.lookups == 1:
+                self.revoke = True
             self.statuses.append(status)
             return web.Response(status=204)
         if what == "cloud-init/meta-data":
@@ -253,10 +266,7 @@ async def test_agent_inspects_writes_verifies_wipes_and_seeds(tmp_path: Path) ->
     relay = tmp_path / "relay.py"
     relay.write_text(RELAY)
     serial = tmp_path / "serial.log"
-    cmdline = (
-        f"console=ttyS0 quiet panic=1 plunder.server={GUEST_SERVER} "
-        f"plunder.mac={MAC} plunder.token={TOKEN}"
-    )
+    cmdline = f"console=ttyS0 quiet panic=1 plunder.server={GUEST_SERVER} plunder.mac={MAC}"
     forward = f"cmd:{sys.executable} {relay} {port}"
     argv = [
         qemu,
@@ -357,7 +367,10 @@ async def test_agent_inspects_writes_verifies_wipes_and_seeds(tmp_path: Path) ->
     # Every request to the boot service carried the token, and only those; the console never
     # showed it or the user-data.
     mirror = IMAGE_MIRROR.removeprefix("http://")
-    own = [request for request in service.requests if request[3] != mirror]
+    lookups = [request for request in service.requests if request[1].endswith("/lookup")]
+    assert service.lookups == 2 and all(auth is None for _, _, auth, _ in lookups)
+    assert "the token was refused; looking up a new one" in log
+    own = [r for r in service.requests if r[3] != mirror and not r[1].endswith("/lookup")]
     assert len([request for request in own if request[1].startswith("/agent/")]) >= 10
     assert all(auth == f"Bearer {TOKEN}" for _, _, auth, _ in own)
     # The mirror: the mismatched image (its length, then its bytes) and two checksum files.

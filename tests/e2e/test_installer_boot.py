@@ -74,6 +74,7 @@ async def test_the_debian_installer_fetches_its_preseed_file(
         NAME,
         {
             "bootMACAddress": SPEC.mac,
+            "accepted": True,
             "deploymentType": "preseed",
             "network": {"ipAddress": static, "gateway": lab_network.ipv4_address},
             "sshAuthorizedKeys": [SSH_KEY],

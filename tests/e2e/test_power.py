@@ -208,6 +208,7 @@ async def test_a_host_created_with_only_its_bmc_is_powered_on_inspected_and_powe
             metadata=ObjectMeta(name=macs.host_name(HOST.mac)),
             spec={
                 "bootMACAddress": HOST.mac,
+                "accepted": True,
                 "bmc": {"address": str(redfish.address), "credentialsName": "bmc"},
             },
         ),

@@ -61,6 +61,7 @@ async def boot(
             run_dir=tmp_path / "run",
             files_dir=files,
             namespace=namespace,
+            agent_silence_seconds=1.0,
             dhcp=DhcpSettings(mode="off"),
         ),
         plane.kubeconfig,
@@ -83,11 +84,19 @@ async def call(
 
 
 async def boot_agent(boot: BootService) -> str:
-    """Ask for the boot script as iPXE does; return the token on the agent's command line."""
+    """Boot the agent as iPXE and the agent do: the script, then the lookup; return the token."""
     status, script = await call(boot, "GET", f"/boot.ipxe?mac={MAC}&platform=pcbios")
     assert status == 200 and "booting the agent" in script
-    match = re.search(r"plunder\.token=([0-9a-f]+)", script)
-    assert match is not None
+    assert "plunder.token" not in script, "a script must carry no token"
+    return await lookup(boot)
+
+
+async def lookup(boot: BootService, mac: str = MAC) -> str:
+    """The agent's first call: the token of its boot."""
+    status, text = await call(boot, "POST", f"/agent/v1/{mac}/lookup")
+    assert status == 200, text
+    match = re.fullmatch(r"token=([0-9a-f]{64})\n", text)
+    assert match is not None, text
     return match.group(1)
 
 
@@ -123,9 +132,14 @@ async def test_inspection_and_the_token_rules(
     assert [p["name"] for p in host["status"]["phases"]] == ["inspecting"]
     assert await call(boot, "GET", f"/agent/v1/{MAC}/work", token) == (200, "action=wait\n")
 
-    # A new boot into the agent makes the old token worthless.
-    await asyncio.sleep(0.2)
-    fresh = await boot_agent(boot)
+    # A token in use is never issued again, and a PXE request does not touch it.
+    assert (await call(boot, "GET", f"/boot.ipxe?mac={MAC}"))[0] == 200
+    assert (await call(boot, "POST", f"/agent/v1/{MAC}/lookup"))[0] == 409
+    assert (await call(boot, "GET", f"/agent/v1/{MAC}/work", token))[0] == 200
+    # Once its holder is silent (the host rebooted by itself), a new boot gets a new token,
+    # and the old one is worthless.
+    await asyncio.sleep(1.2)
+    fresh = await lookup(boot)
     await asyncio.sleep(0.2)
     assert (await call(boot, "GET", f"/agent/v1/{MAC}/work", token))[0] == 403
     assert (await call(boot, "GET", f"/agent/v1/{MAC}/work", fresh))[0] == 200
@@ -150,6 +164,7 @@ async def test_provisioning_data_failure_and_phone_home(
         NAME,
         {
             "spec": {
+                "accepted": True,
                 "image": image,
                 "userData": {"name": "bootstrap"},
                 "network": {"ipAddress": "172.31.99.20"},
@@ -199,6 +214,17 @@ async def test_provisioning_data_failure_and_phone_home(
     await asyncio.sleep(0.3)
     phone = vendor.split("url: ")[1].split()[0].replace(boot.settings.http_base, "")
     assert (await call(boot, "POST", phone.replace("token=", "token=0")))[0] == 403
+    await asyncio.sleep(0.3)
+    # Before the write has ended there is nothing to phone home about.
+    assert (await call(boot, "POST", phone, data={"instance_id": "x"}))[0] == 409
+    status_path = f"/agent/v1/{MAC}/status"
+    assert (await call(boot, "POST", status_path, token, data="phase=writing\n"))[0] == 204
+    await asyncio.sleep(0.3)
+    assert (await call(boot, "POST", status_path, token, data="phase=done\n"))[0] == 204
+    await asyncio.sleep(0.3)
+    # The write has ended: the bootstrap data is no longer served, to anyone.
+    assert (await call(boot, "GET", f"{seed}/user-data", token))[0] == 403
+    assert (await call(boot, "GET", f"{seed}/vendor-data", token))[0] == 403
     assert (await call(boot, "POST", phone, data={"instance_id": "x"}))[0] == 204
     await wait_state(kube, namespace, "provisioned")
     reasons = {(e.reason, e.message) for e in kube.list(Event, namespace=namespace)}

@@ -66,14 +66,14 @@ async def boot(
 
 
 def create_host(kube: Client, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    """Create a PlunderHost and move it to provisioning, as the controller would."""
+    """Create an accepted PlunderHost and move it to provisioning, as the controller would."""
     kube.create(
         HOSTS.from_dict(
             {
                 "apiVersion": PlunderHost.info.api_version,
                 "kind": "PlunderHost",
                 "metadata": {"name": name, "namespace": namespace},
-                "spec": spec,
+                "spec": {"accepted": True, **spec},
             }
         )
     )
@@ -159,6 +159,12 @@ async def test_preseed_is_served_with_the_token_and_its_late_command_seeds_the_h
         "the boot id in the cache",
         lambda: (host := cached(boot)) and host.status and host.status.agent_boot_id == boot_id,
     )
+
+    # Another client asking for the same host's script gets no token: the install's token was
+    # issued, once, to the first request (the installer cannot make a lookup of its own).
+    again = await boot_script(boot)
+    assert "asking again" in again and "token=" not in again, again
+    assert (await call(boot, "POST", f"/agent/v1/{MAC}/lookup"))[0] == 409
 
     preseed_path = f"/installer/v1/{MAC}/preseed.cfg"
     assert (await call(boot, "GET", preseed_path))[0] == 403

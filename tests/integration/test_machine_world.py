@@ -210,7 +210,7 @@ def create_host(
                 "apiVersion": PlunderHost.info.api_version,
                 "kind": "PlunderHost",
                 "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
-                "spec": {"bootMACAddress": mac},
+                "spec": {"bootMACAddress": mac, "accepted": True},
             }
         )
     )

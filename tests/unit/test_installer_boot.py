@@ -12,13 +12,13 @@ SERVER = "http://172.31.99.1:8080"
 MAC = "00:50:56:a5:11:20"
 
 
-def host(kind: str, state: str, **status: Any) -> PlunderHost:
+def host(kind: str, state: str, accepted: bool = True, **status: Any) -> PlunderHost:
     return PlunderHost.model_validate(
         {
             "apiVersion": PlunderHost.info.api_version,
             "kind": "PlunderHost",
             "metadata": {"name": "web-1", "namespace": "default"},
-            "spec": {"bootMACAddress": MAC, "deploymentType": kind},
+            "spec": {"bootMACAddress": MAC, "deploymentType": kind, "accepted": accepted},
             "status": {"state": state, **status},
         }
     )
@@ -80,3 +80,9 @@ def test_only_provisioning_hosts_boot_the_installer() -> None:
     for state in ("available", "deprovisioning", "error"):
         assert not decide.installs(host("preseed", state))
         assert "installer" not in (decision(host("preseed", state)).kernel or "")
+
+
+def test_a_host_nobody_accepted_never_boots_an_installer() -> None:
+    chosen = decision(host("preseed", "provisioning", accepted=False))
+    assert chosen.action == "kernel" and "booting the agent" in chosen.reason
+    assert "t0k" not in chosen.cmdline

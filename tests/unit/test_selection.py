@@ -118,3 +118,10 @@ def test_bound_host_and_failure_domains() -> None:
     assert bound_host(hosts, mine) == hosts[1]
     assert bound_host(hosts, Consumer("PlunderMachine", "ns", "m2")) is None
     assert failure_domains([*hosts, host("h03", zone="a"), host("h04")], "zone") == ["a", "b"]
+
+
+def test_a_host_nobody_accepted_is_never_free() -> None:
+    body = {"metadata": {"name": "h"}, "spec": {}, "status": {"state": "available"}}
+    assert not HostCandidate.from_body(body).free, "discovered is not accepted"
+    accepted = {**body, "spec": {"accepted": True}}
+    assert HostCandidate.from_body(accepted).free

@@ -8,11 +8,15 @@
 # disks, or reboot. The protocol is plain HTTP with key=value bodies so that no JSON has to be
 # parsed here; the only JSON (the inspection report) is written, never read.
 #
-# Kernel command line: plunder.server=http://A.B.C.D:PORT plunder.mac=<mac> plunder.token=<t>
-# Every request carries "Authorization: Bearer <token>". The token and the cloud-init data
+# Kernel command line: plunder.server=http://A.B.C.D:PORT plunder.mac=<mac>
+# The boot service puts no token in an iPXE script (anyone may fetch any host's): the agent's
+# first call, POST .../lookup, is answered with the token of this boot, once per boot; it is
+# kept in /run (so a restarted agent keeps it) and asked for again only when it is refused.
+# (plunder.token=<t> on the command line, for a boot made by hand, is used instead of a lookup.)
+# Every other request carries "Authorization: Bearer <token>". The token and the cloud-init data
 # never reach the console: console lines are built from fixed words, phases and numbers.
-# Boot it with "quiet" (or loglevel=4 or lower): the kernel itself prints its command line,
-# token included, at notice level.
+# Boot it with "quiet" (or loglevel=4 or lower): the kernel itself prints its command line at
+# notice level.
 #
 # As PID 1 this script must never exit (the kernel panics when init dies), so the work loop
 # runs in a subshell that is started again if it ever ends.
@@ -27,6 +31,7 @@ MNT=/mnt/root
 SERVER=
 MAC=
 TOKEN=
+CMDLINE_TOKEN=
 IFACE=
 
 log() {
@@ -62,7 +67,7 @@ read_cmdline() {
 		case $word in
 		plunder.server=*) SERVER=${word#*=} ;;
 		plunder.mac=*) MAC=$(echo "${word#*=}" | tr 'A-F' 'a-f') ;;
-		plunder.token=*) TOKEN=${word#*=} ;;
+		plunder.token=*) CMDLINE_TOKEN=${word#*=} ;;
 		esac
 	done
 	set +f
@@ -143,7 +148,8 @@ bring_up_network() {
 
 # --- HTTP --------------------------------------------------------------------------------
 
-# api_get PATH OUT: GET {server}/agent/v1/{mac}/PATH into OUT. 0: ok, 4: 404, 1: other failure.
+# api_get PATH OUT: GET {server}/agent/v1/{mac}/PATH into OUT. 0: ok, 4: 404, 3: 403 (the
+# token was refused), 1: other failure.
 api_get() {
 	timeout 60 wget -q -O "$2" --header "Authorization: Bearer $TOKEN" \
 		"$SERVER/agent/v1/$MAC/$1" 2>"$RUN/wget.err"
@@ -160,7 +166,31 @@ api_post() {
 http_result() {
 	[ "$1" -eq 0 ] && return 0
 	grep -q ' 404 ' "$RUN/wget.err" 2>/dev/null && return 4
+	grep -q ' 403 ' "$RUN/wget.err" 2>/dev/null && return 3
 	return 1
+}
+
+# lookup: the token of this boot. Kept in $RUN; else asked for until the boot service gives it
+# (409: it was given already, to this boot's first lookup; the agent keeps asking, visibly).
+lookup() {
+	if [ -s "$RUN/token" ]; then
+		TOKEN=$(cat "$RUN/token")
+		return 0
+	fi
+	tries=0
+	until timeout 60 wget -q -O "$RUN/lookup.out" --post-data "mac=$MAC" \
+		"$SERVER/agent/v1/$MAC/lookup" 2>"$RUN/wget.err"; do
+		tries=$((tries + 1))
+		[ $((tries % 15)) -eq 1 ] && log "lookup failed: $(http_error)"
+		sleep 2
+	done
+	TOKEN=$(sed -n 's/^token=//p' "$RUN/lookup.out" | head -n 1 | tr -d '\r')
+	rm -f "$RUN/lookup.out"
+	(
+		umask 077
+		printf '%s\n' "$TOKEN" >"$RUN/token"
+	)
+	log "lookup answered: this boot's token received"
 }
 
 # The error line of the last wget, for a status message (it names no URL, header or body).
@@ -626,7 +656,16 @@ wipe() {
 work_loop() {
 	failures=0
 	while :; do
-		if ! api_get work "$RUN/work.txt"; then
+		api_get work "$RUN/work.txt"
+		result=$?
+		if [ $result -eq 3 ] && [ -z "$CMDLINE_TOKEN" ]; then
+			# The controller asked for a new boot (a wipe): this boot's token is void.
+			log "the token was refused; looking up a new one"
+			rm -f "$RUN/token"
+			lookup
+			continue
+		fi
+		if [ $result -ne 0 ]; then
 			failures=$((failures + 1))
 			# One line now and then, not one every poll, while the server is away.
 			[ $((failures % 15)) -eq 1 ] && log "asking for work failed: $(http_error)"
@@ -662,7 +701,11 @@ main() {
 		log "no plunder.server= on the kernel command line"
 		sleep 30
 	done
-	[ -n "$TOKEN" ] || log "no plunder.token= on the kernel command line"
+	if [ -n "$CMDLINE_TOKEN" ]; then
+		TOKEN=$CMDLINE_TOKEN
+	else
+		lookup
+	fi
 	inspect
 	work_loop
 }

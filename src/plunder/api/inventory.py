@@ -112,6 +112,10 @@ class PlunderHostSpec(KubeModel):
     """The host's BMC; empty for hosts driven only by the network-boot loop."""
     online: bool = True
     """Whether the host should be powered on."""
+    accepted: bool = False
+    """Whether the host was accepted into the pool (by a person, or by the boot service's
+    auto-accept setting). Until then it is only inspected: its disks are never written or
+    wiped, and no machine is given it."""
     consumer_ref: ObjectReference | None = None
     """Who the host is claimed by (usually a PlunderMachine); empty while it is free."""
     image: Image | None = None

@@ -1,8 +1,9 @@
 """Start the boot service's parts together, and stop them together.
 
 The parts: the host cache (watch) and its lastSeen writer, the HTTP server, and dnsmasq (unless
-DHCP is off). ``/healthz`` turns 200 once the cache is synced, so a host is never told "unknown"
-merely because the service just started.
+DHCP is off). Until the cache has synced, ``/healthz`` answers 503, scripts say "ask again" and
+agent calls get 503: a host is never told "unknown", or sent into the agent, merely because the
+service just started.
 """
 
 from __future__ import annotations

@@ -41,6 +41,29 @@ class DhcpSettings:
 
 
 @dataclass(frozen=True)
+class DiscoverySettings:
+    """How far an unknown MAC may get: the bound on what a flood of new MACs can make.
+
+    Any client on the provisioning network can name any MAC, so every new MAC would otherwise be
+    a new object in the API. The cap counts the hosts this service discovered that nobody has
+    accepted yet (an accepted host no longer counts); the rate limits how fast new ones appear.
+    A MAC refused by either gets a script that asks again later, and nothing is written.
+    """
+
+    enabled: bool = True
+    """Record unknown MACs as PlunderHosts at all (off: only hosts made by a person boot)."""
+    auto_accept: bool = False
+    """Mark discovered hosts ``spec.accepted: true`` (as Sidero's autoAcceptServers); off: a
+    person accepts each host before its disk is written or wiped."""
+    max_pending: int = 100
+    """At most this many discovered, not yet accepted hosts exist at once."""
+    per_minute: float = 60.0
+    """New hosts recorded per minute, on average (per boot service replica)."""
+    burst: int = 20
+    """New hosts that may be recorded at once before the rate applies."""
+
+
+@dataclass(frozen=True)
 class BootSettings:
     """Everything the boot service needs."""
 
@@ -64,6 +87,11 @@ class BootSettings:
     """DHCP and TFTP."""
     max_body_bytes: int = 1 << 20
     """Largest request body accepted."""
+    discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
+    """The bound on discovery, and auto-accept."""
+    agent_silence_seconds: float = 60.0
+    """An agent token whose holder has made no call for this long may be issued again to a new
+    lookup (only while no disk write is at stake: see :mod:`plunder.boot.trust`)."""
 
     @property
     def http_base(self) -> str:

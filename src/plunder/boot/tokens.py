@@ -1,10 +1,12 @@
-"""Per-boot tokens: what the agent shows to prove it runs on the host it says it does.
+"""Per-boot tokens: what the agent shows to prove it runs on the boot it says it does.
 
-Each time the boot service sends a host into the agent it picks a new boot id, records it in
-the host's status, and puts ``HMAC(key, mac|boot id)`` on the kernel command line. Agent calls
-carry that token; it is recomputed from the host's *current* boot id, so a token from an earlier
-boot, or for another MAC, is refused. The key lives in a Secret, so every replica of the boot
-service, and one restarted at any moment, verifies the same tokens.
+When the boot service issues a host's token (to the agent's first lookup, or in an installer's
+script: see :mod:`plunder.boot.trust` for when) it picks a new boot id, records it in the host's
+status with a guarded write, and hands out ``HMAC(key, purpose|mac|boot id)``. Calls carry that
+token; it is recomputed from the host's *current* boot id, so a token from an earlier boot, or
+for another MAC, is refused. The phone-home token is the same HMAC under another purpose: it
+cannot be computed from the agent token without the key. The key lives in a Secret, so every
+replica of the boot service, and one restarted at any moment, verifies the same tokens.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
@@ -42,9 +45,24 @@ class TokenSigner:
         return hmac.compare_digest(self.token(mac, boot_id, purpose), token)
 
 
-def new_boot_id() -> str:
-    """A fresh, unguessable boot id."""
-    return secrets.token_hex(8)
+class Holders:
+    """When each host's token holder last made an authenticated call (this replica's memory).
+
+    A service that just started has heard from nobody: it counts every holder as heard from at
+    its start, so a restart never makes a live agent's token look abandoned.
+    """
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._heard: dict[str, float] = {}
+
+    def heard(self, mac: str) -> None:
+        """The holder of ``mac``'s token called (or was just given the token)."""
+        self._heard[mac] = time.monotonic()
+
+    def silent_for(self, mac: str) -> float:
+        """Seconds since the holder of ``mac``'s token was last heard from."""
+        return time.monotonic() - self._heard.get(mac, self._started)
 
 
 async def load_or_create_key(client: AsyncClient, namespace: str) -> bytes:

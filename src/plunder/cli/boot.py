@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from plunder.boot.settings import BootSettings, DhcpSettings
+from plunder.boot.settings import BootSettings, DhcpSettings, DiscoverySettings
 from plunder.cli import options
 
 
@@ -65,6 +65,32 @@ from plunder.cli import options
 @click.option(
     "--poll-seconds", default=3, show_default=True, help="How often a parked host asks for work."
 )
+@click.option(
+    "--auto-accept/--no-auto-accept",
+    default=False,
+    show_default=True,
+    help="Mark discovered hosts accepted (else a person sets spec.accepted before any disk "
+    "write or wipe).",
+)
+@click.option(
+    "--discovery/--no-discovery",
+    default=True,
+    show_default=True,
+    help="Record unknown MACs as PlunderHosts.",
+)
+@click.option(
+    "--max-pending-hosts",
+    default=DiscoverySettings.max_pending,
+    show_default=True,
+    help="At most this many discovered hosts not yet accepted.",
+)
+@click.option(
+    "--discoveries-per-minute",
+    default=DiscoverySettings.per_minute,
+    show_default=True,
+    help="New hosts recorded per minute (a burst of --discovery-burst first).",
+)
+@click.option("--discovery-burst", default=DiscoverySettings.burst, show_default=True)
 def boot(
     kubeconfig: Path | None,
     address: IPv4Address,
@@ -81,6 +107,11 @@ def boot(
     files_dir: Path | None,
     namespace: str,
     poll_seconds: int,
+    auto_accept: bool,
+    discovery: bool,
+    max_pending_hosts: int,
+    discoveries_per_minute: float,
+    discovery_burst: int,
 ) -> None:
     """Run the boot service: DHCP/TFTP (dnsmasq) and HTTP (iPXE scripts, files)."""
     from plunder.boot import service
@@ -92,6 +123,13 @@ def boot(
         files_dir=files_dir,
         namespace=namespace,
         poll_seconds=poll_seconds,
+        discovery=DiscoverySettings(
+            enabled=discovery,
+            auto_accept=auto_accept,
+            max_pending=max_pending_hosts,
+            per_minute=discoveries_per_minute,
+            burst=discovery_burst,
+        ),
         dhcp=DhcpSettings(
             mode=dhcp_mode,  # type: ignore[arg-type]
             interface=interface,

@@ -52,6 +52,8 @@ class HostCandidate:
     error_message: str | None = None
     provisioned_in: float | None = None
     """Seconds the last provisioning took, once it finished."""
+    accepted: bool = True
+    """``spec.accepted``: a host nobody accepted is never given to a machine."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> HostCandidate:
@@ -80,12 +82,18 @@ class HostCandidate:
             error_reason=status.get("errorReason"),
             error_message=status.get("errorMessage"),
             provisioned_in=_phase_seconds(status.get("phases") or [], "provisioning"),
+            accepted=bool(spec.get("accepted", False)),
         )
 
     @property
     def free(self) -> bool:
-        """Inspected, unclaimed and not going away."""
-        return self.state == "available" and self.consumer is None and not self.deleting
+        """Accepted, inspected, unclaimed and not going away."""
+        return (
+            self.accepted
+            and self.state == "available"
+            and self.consumer is None
+            and not self.deleting
+        )
 
 
 def _phase_seconds(phases: list[dict[str, Any]], name: str) -> float | None:

@@ -34,11 +34,20 @@ class HostBackend(Protocol):
     def by_ip(self, ip: str) -> PlunderHost | None:
         """The host last seen with this address, if any."""
 
-    async def discover(self, facts: BootFacts) -> None:
-        """Record a MAC seen for the first time (idempotent; concurrent calls make one host)."""
+    def pending_discoveries(self) -> int:
+        """Hosts this service discovered that nobody accepted yet, with those being created."""
+
+    async def discover(self, facts: BootFacts, accepted: bool = False) -> None:
+        """Record a MAC seen for the first time (idempotent; concurrent calls make one host).
+
+        ``accepted``: the new host's ``spec.accepted`` (the auto-accept setting).
+        """
 
     def seen(self, facts: BootFacts) -> None:
         """Note that a known host asked again (written back at a bounded rate)."""
+
+    async def fresh(self, host: PlunderHost) -> PlunderHost:
+        """The host as the API holds it now (and the cache with it)."""
 
     async def patch_host_status(
         self, host: PlunderHost, status: dict[str, Any], guarded: bool = True

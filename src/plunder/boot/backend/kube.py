@@ -81,6 +81,11 @@ def seen_status(facts: BootFacts, host: PlunderHost) -> dict[str, Any]:
     return status
 
 
+def _never_inspected(host: PlunderHost) -> bool:
+    state = host.status.state if host.status else None
+    return state in (None, "discovered", "inspecting")
+
+
 class KubeHostBackend:
     """PlunderHosts of one namespace, cached; implements ``HostBackend``."""
 
@@ -115,6 +120,20 @@ class KubeHostBackend:
     def count(self) -> int:
         """How many hosts are cached."""
         return len(self._by_mac)
+
+    def pending_discoveries(self) -> int:
+        """Hosts a client making up MACs can add to: discovered here, not yet accepted.
+
+        Counted: cached hosts with the discovery label that are not accepted (or accepted but
+        never inspected), and the creates under way.
+        """
+        waiting = sum(
+            1
+            for host in self._by_mac.values()
+            if DISCOVERED_LABEL in (host.metadata.labels or {})
+            and (not host.spec.accepted or _never_inspected(host))
+        )
+        return waiting + len(self._creating)
 
     # -------------------------------------------------------------------------- cache
 
@@ -169,18 +188,18 @@ class KubeHostBackend:
 
     # -------------------------------------------------------------------------- discovery
 
-    async def discover(self, facts: BootFacts) -> None:
+    async def discover(self, facts: BootFacts, accepted: bool = False) -> None:
         """Create the PlunderHost of a new MAC; calls for one MAC share one create."""
         if facts.mac in self._by_mac:
             return
         task = self._creating.get(facts.mac)
         if task is None:
-            task = asyncio.create_task(self._create(facts))
+            task = asyncio.create_task(self._create(facts, accepted))
             self._creating[facts.mac] = task
             task.add_done_callback(lambda _: self._creating.pop(facts.mac, None))
         await asyncio.shield(task)
 
-    async def _create(self, facts: BootFacts) -> None:
+    async def _create(self, facts: BootFacts, accepted: bool) -> None:
         name = host_name(facts.mac)
         body = self._resource.from_dict(
             {
@@ -191,7 +210,7 @@ class KubeHostBackend:
                     "namespace": self._namespace,
                     "labels": {DISCOVERED_LABEL: "boot-service"},
                 },
-                "spec": {"bootMACAddress": facts.mac},
+                "spec": {"bootMACAddress": facts.mac, "accepted": accepted},
             }
         )
         try:
@@ -221,6 +240,15 @@ class KubeHostBackend:
         )
         self.writes += 1
         self._store(as_dict(patched))
+
+    async def fresh(self, host: PlunderHost) -> PlunderHost:
+        """The host read from the API now; the cache is updated with it."""
+        if host.metadata.name is None:
+            raise ValueError("a host without a name cannot be read")
+        obj = await self._client.get(self._resource, host.metadata.name, namespace=self._namespace)
+        raw = as_dict(obj)
+        self._store(raw)
+        return PlunderHost.model_validate(raw)
 
     async def patch_host_status(
         self, host: PlunderHost, status: dict[str, Any], guarded: bool = True

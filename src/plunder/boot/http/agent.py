@@ -1,10 +1,12 @@
-"""The agent's side of the boot service: inspection, work, cloud-init data, progress, phone home.
+"""The agent's side of the boot service: lookup, inspection, work, seed, progress, phone home.
 
-Every call names the host's MAC in its path and carries the per-boot token (``Authorization:
-Bearer``; cloud-init's phone home, which cannot send headers, puts it in the query). A call with a
-wrong token is refused with 403 and one log line; bootstrap data is served only to the host it
-belongs to and is never logged. Answers to the agent are ``key=value`` lines, which a busybox
-shell reads without a JSON parser.
+Every call names the host's MAC in its path. The first, ``lookup``, is answered with the token of
+the host's boot, once per boot (see :mod:`plunder.boot.trust` for what opens a boot); every other
+call carries that token (``Authorization: Bearer``; cloud-init's phone home, which cannot send
+headers, puts its own token in the query). A call with a wrong token is refused with 403 and one
+log line; bootstrap data is served only with the token of the boot that installs the host, only
+while it is being installed, and is never logged. Answers to the agent are ``key=value`` lines,
+which a busybox shell reads without a JSON parser.
 """
 
 from __future__ import annotations
@@ -20,11 +22,16 @@ from lightkube.resources.core_v1 import Secret
 from pydantic import ValidationError
 
 from plunder.api.inventory import HardwareDetails, PlunderHost
+from plunder.boot import trust
 from plunder.boot.backend.base import BootFacts
 from plunder.boot.http.keys import (
     BACKEND_KEY,
     CLIENT_KEY,
     EVENTS_KEY,
+    HOLDERS_KEY,
+    LEASES_KEY,
+    METRICS_KEY,
+    READY_KEY,
     SETTINGS_KEY,
     SIGNER_KEY,
 )
@@ -40,17 +47,29 @@ def _kv(fields: dict[str, str]) -> web.Response:
     return web.Response(text="".join(f"{key}={value}\n" for key, value in fields.items()))
 
 
-def authorised_host(request: web.Request, token: str | None = None) -> PlunderHost:
-    """The host named in the path, if the request carries its current token; else raise."""
+def _mac_of(request: web.Request) -> str:
+    if not request.app[READY_KEY].is_set():
+        raise web.HTTPServiceUnavailable(text="the boot service is starting; ask again\n")
     try:
         mac = normalise_mac(request.match_info["mac"])
     except InvalidMACError as error:
         raise web.HTTPBadRequest(text=f"{error}\n") from None
+    leased_to = request.app[LEASES_KEY].mac_for(request.remote or "")
+    if leased_to is not None and leased_to != mac:
+        log.warning("call for %s from %s, leased to %s: refused", mac, request.remote, leased_to)
+        request.app[METRICS_KEY].rejected.labels("spoofed-mac").inc()
+        raise web.HTTPForbidden(text="this address is leased to another MAC\n")
+    return mac
+
+
+def authorised_host(request: web.Request, token: str | None = None) -> PlunderHost:
+    """The host named in the path, if the request carries its current token; else raise."""
+    mac = _mac_of(request)
     host = request.app[BACKEND_KEY].by_mac(mac)
     if token is None:
         header = request.headers.get("Authorization", "")
         token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    boot_id = host.status.agent_boot_id if host and host.status else None
+    boot_id = trust.current_boot_id(host) if host else None
     purpose = "phone-home" if token and request.path.endswith("/phone-home") else "agent"
     if host is None or not request.app[SIGNER_KEY].verify(mac, boot_id, token, purpose):
         log.warning(
@@ -60,8 +79,73 @@ def authorised_host(request: web.Request, token: str | None = None) -> PlunderHo
             request.remote,
             mac,
         )
+        request.app[METRICS_KEY].rejected.labels("bad-token").inc()
         raise web.HTTPForbidden(text="no valid token for this host\n")
+    request.app[HOLDERS_KEY].heard(mac)
     return host
+
+
+def _silent_for(request: web.Request, host: PlunderHost) -> float:
+    """How long the host's token holder has been silent, as far as any replica can tell.
+
+    This replica's memory, or the host's ``lastSeen`` (written by any replica, at most every
+    ``last_seen_interval``), whichever says it was heard more recently.
+    """
+    silent = request.app[HOLDERS_KEY].silent_for(host.spec.boot_mac_address)
+    last_seen = host.status.last_seen if host.status else None
+    if last_seen is not None:
+        silent = min(silent, max(0.0, (datetime.now(UTC) - last_seen).total_seconds()))
+    return silent
+
+
+async def issue_token(request: web.Request, host: PlunderHost, who: str) -> str:
+    """The token of a new boot of ``host``, if :func:`trust.refuse_lookup` allows one now.
+
+    The boot id is written guarded by the resourceVersion the decision was made on, so of two
+    requests (on any replicas) exactly one wins. A conflict with a write that issued no token
+    (this service's own lastSeen, say) is decided again, once, on a fresh read.
+
+    Raises:
+        web.HTTPConflict: No token now (the reason is the body).
+    """
+    app = request.app
+    mac = host.spec.boot_mac_address
+    for attempt in (1, 2):
+        refusal = trust.refuse_lookup(
+            host, _silent_for(request, host), app[SETTINGS_KEY].agent_silence_seconds
+        )
+        if refusal is not None:
+            log.warning("%s of %s from %s refused: %s", who, mac, request.remote, refusal)
+            app[METRICS_KEY].rejected.labels("token-issued-already").inc()
+            raise web.HTTPConflict(text=f"{refusal}\n")
+        read = host.status.agent_boot_id if host.status else None
+        boot_id = trust.new_boot_id(host)
+        change = hoststate.booted_agent(host, boot_id, datetime.now(UTC))
+        try:
+            await app[BACKEND_KEY].patch_host_status(host, change.status or {})
+        except ApiError as error:
+            fresh = await app[BACKEND_KEY].fresh(host) if error.status.code == 409 else None
+            fresh_id = fresh.status.agent_boot_id if fresh and fresh.status else None
+            if fresh is None or attempt == 2 or fresh_id != read:
+                log.warning("%s of %s from %s lost: %s", who, mac, request.remote, error)
+                raise web.HTTPConflict(text="another request was answered first\n") from None
+            host = fresh  # the conflicting write issued no token: decide again on it
+            continue
+        app[HOLDERS_KEY].heard(mac)  # before any await: a racing request sees it in use
+        if change.event is not None:
+            await app[EVENTS_KEY](host, *change.event)
+        log.info("issued the token of a new boot of %s to %s (%s)", mac, request.remote, who)
+        return app[SIGNER_KEY].token(mac, boot_id)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def lookup(request: web.Request) -> web.Response:
+    """The agent of a new boot asks for its token: the first lookup of a boot gets it."""
+    mac = _mac_of(request)
+    host = request.app[BACKEND_KEY].by_mac(mac)
+    if host is None:
+        raise web.HTTPNotFound(text="no such host (yet)\n")
+    return _kv({"token": await issue_token(request, host, "lookup")})
 
 
 async def inspection(request: web.Request) -> web.Response:
@@ -96,12 +180,22 @@ async def work(request: web.Request) -> web.Response:
             seen=datetime.now(UTC),
         )
     )
-    return _kv(hoststate.agent_work(host))
+    work = hoststate.agent_work(host)
+    if work.get("action") in ("provision", "wipe") and not trust.writes_allowed(host):
+        return _kv({"action": "wait", "reason": "not accepted"})
+    return _kv(work)
 
 
 async def progress(request: web.Request) -> web.Response:
     """The agent reports a phase of its work (key=value lines)."""
     host = authorised_host(request)
+    if not trust.takes_progress(host):
+        log.warning(
+            "progress of %s refused: no work under way (%s)",
+            host.spec.boot_mac_address,
+            hoststate.state_of(host),
+        )
+        raise web.HTTPConflict(text="no work is under way on this host\n")
     text = (await request.content.read(8192)).decode(errors="replace")
     fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     change = hoststate.agent_progress(host, fields, datetime.now(UTC))
@@ -115,6 +209,9 @@ async def progress(request: web.Request) -> web.Response:
 async def phone_home(request: web.Request) -> web.Response:
     """cloud-init of the installed OS reports in: the host is provisioned."""
     host = authorised_host(request, token=request.query.get("token", ""))
+    if not trust.takes_phone_home(host):
+        log.warning("phone home of %s refused: its write has not ended", host.spec.boot_mac_address)
+        raise web.HTTPConflict(text="this host is not waiting for its installed OS\n")
     change = hoststate.phoned_home(host, datetime.now(UTC))
     if change.status:
         await request.app[BACKEND_KEY].patch_host_status(host, change.status)
@@ -150,16 +247,21 @@ async def cloud_init(request: web.Request) -> web.Response:
     host = authorised_host(request)
     name = request.match_info["file"]
     settings = request.app[SETTINGS_KEY]
+    if name in ("user-data", "vendor-data") and not trust.serves_seed(host):
+        log.warning(
+            "%s of %s refused: not being installed (%s)",
+            name,
+            host.spec.boot_mac_address,
+            hoststate.state_of(host),
+        )
+        raise web.HTTPForbidden(text=f"{name} is served only while the host is installed\n")
     if name == "meta-data":
         text = yaml.safe_dump(hoststate.meta_data(host), sort_keys=False)
     elif name == "user-data":
         text = await _user_data(request, host)  # never logged
     elif name == "vendor-data":
-        status = host.status
-        boot_id = status.agent_boot_id if status else None
-        token = request.app[SIGNER_KEY].token(
-            host.spec.boot_mac_address, boot_id or "", "phone-home"
-        )
+        boot_id = trust.current_boot_id(host) or ""
+        token = request.app[SIGNER_KEY].token(host.spec.boot_mac_address, boot_id, "phone-home")
         url = f"{settings.http_base}/agent/v1/{host.spec.boot_mac_address}/phone-home?token={token}"
         text = "#cloud-config\n" + yaml.safe_dump(
             {"phone_home": {"url": url, "post": ["instance_id"], "tries": 10}}, sort_keys=False
@@ -176,6 +278,7 @@ async def cloud_init(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Mount the agent API under /agent/v1/."""
+    app.router.add_post("/agent/v1/{mac}/lookup", lookup)
     app.router.add_post("/agent/v1/{mac}/inspection", inspection)
     app.router.add_get("/agent/v1/{mac}/work", work)
     app.router.add_post("/agent/v1/{mac}/status", progress)

@@ -1,5 +1,8 @@
 """The aiohttp application: /chain.ipxe, /boot.ipxe, /files/, /healthz and /metrics.
 
+/healthz and every answer wait for the host cache: before it has synced a script says "ask
+again" and an agent call gets 503, so a restarted service never decides from an empty cache.
+
 Every request is answered from the backend's memory. Bad input (an invalid or spoofed ``mac``,
 an oversized request, an unknown path) gets a 4xx and one log line, and never stops the
 service from answering others.
@@ -14,16 +17,21 @@ from typing import Literal
 
 from aiohttp import web
 from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from plunder.boot import tokens
+from plunder.api.inventory import PlunderHost
+from plunder.boot import tokens, trust
 from plunder.boot.backend.base import BootFacts, HostBackend
 from plunder.boot.dhcp.leases import LeaseTable
+from plunder.boot.discovery import DiscoveryGate
 from plunder.boot.http import agent
 from plunder.boot.http.keys import (
     BACKEND_KEY,
     CLIENT_KEY,
+    DISCOVERY_KEY,
     EVENTS_KEY,
+    HOLDERS_KEY,
     LEASES_KEY,
     METRICS_KEY,
     READY_KEY,
@@ -68,8 +76,66 @@ async def chain_ipxe(request: web.Request) -> web.Response:
     )
 
 
+def _retry(request: web.Request, mac: str, reason: str) -> web.Response:
+    """A script that asks again after a poll: not a decision about the host."""
+    settings = request.app[SETTINGS_KEY]
+    request.app[METRICS_KEY].scripts.labels("retry").inc()
+    decision = scripts.BootDecision("park", reason)
+    return web.Response(
+        text=scripts.render_script(decision, mac, settings.http_base, settings.poll_seconds),
+        content_type=IPXE_CONTENT_TYPE,
+    )
+
+
+async def _discover(request: web.Request, facts: BootFacts) -> str | None:
+    """Record a new MAC within the bound on discovery; why not, if it was not recorded."""
+    app = request.app
+    backend = app[BACKEND_KEY]
+    refusal = app[DISCOVERY_KEY].refusal(backend.pending_discoveries)
+    if refusal is not None:
+        app[METRICS_KEY].rejected.labels("discovery-bound").inc()
+        log.info("discovery of %s from %s held back: %s", facts.mac, request.remote, refusal)
+        return refusal
+    try:
+        accepted = app[SETTINGS_KEY].discovery.auto_accept
+        await asyncio.wait_for(backend.discover(facts, accepted), DISCOVERY_TIMEOUT)
+        app[METRICS_KEY].discovered.inc()
+    except Exception as error:  # noqa: BLE001 - the host keeps polling; we retry then
+        log.warning("discovery of %s failed: %s", facts.mac, error)
+        return "discovery failed"
+    finally:
+        app[DISCOVERY_KEY].settled()
+    return None
+
+
+async def _installer_token(request: web.Request, host: PlunderHost) -> str | None:
+    """The token of an installer boot (its kernel cannot make a lookup); None: not now."""
+    try:
+        return await agent.issue_token(request, host, "installer boot")
+    except web.HTTPConflict:
+        return None
+
+
+async def _interrupted_write(request: web.Request, host: PlunderHost) -> None:
+    """The host network-boots while its OS was being written: that write is lost."""
+    change = hoststate.booted_agent(host, "", datetime.now(UTC))
+    status = {key: value for key, value in (change.status or {}).items() if key != "agentBootID"}
+    try:
+        await request.app[BACKEND_KEY].patch_host_status(host, status)
+    except ApiError as error:  # written meanwhile: the next request decides again
+        log.info("interrupted write of %s not recorded: %s", host.spec.boot_mac_address, error)
+        return
+    if change.event is not None:
+        await request.app[EVENTS_KEY](host, *change.event)
+
+
 async def boot_ipxe(request: web.Request) -> web.Response:
-    """The script for one host, by its state; an unknown MAC is recorded first."""
+    """The script for one host, by its state; an unknown MAC is recorded first.
+
+    No script carries an agent token (anyone may ask for any MAC's script): the agent asks for
+    its token itself (see :mod:`plunder.boot.trust`). Until the host cache has synced, and when
+    a new MAC is held back by the bound on discovery, the answer is "ask again", not a decision.
+    """
     app = request.app
     settings = app[SETTINGS_KEY]
     try:
@@ -84,6 +150,8 @@ async def boot_ipxe(request: web.Request) -> web.Response:
             "spoofed-mac",
             f"mac {mac} claimed from {request.remote}, which DHCP leased to {leased_to}",
         )
+    if not app[READY_KEY].is_set():
+        return _retry(request, mac, "the boot service is starting; asking again")
     facts = BootFacts(
         mac=mac,
         ip=_fact(request, "ip") or request.remote,
@@ -96,33 +164,27 @@ async def boot_ipxe(request: web.Request) -> web.Response:
     backend = app[BACKEND_KEY]
     host = backend.by_mac(mac)
     if host is None:
-        try:
-            await asyncio.wait_for(backend.discover(facts), DISCOVERY_TIMEOUT)
-            app[METRICS_KEY].discovered.inc()
-        except Exception as error:  # noqa: BLE001 - the host keeps polling; we retry then
-            log.warning("discovery of %s failed: %s", mac, error)
+        refusal = await _discover(request, facts)
         host = backend.by_mac(mac)
+        if host is None:
+            return _retry(request, mac, f"{refusal or 'not recorded yet'}; asking again")
     else:
         backend.seen(facts)
     files_base = f"{settings.http_base}/files"
-    boot_id = tokens.new_boot_id()
-    token = app[SIGNER_KEY].token(mac, boot_id)
-    cmdline = (
-        f"plunder.server={settings.http_base} plunder.mac={mac} plunder.token={token} "
-        "console=ttyS0 quiet"
-    )
+    cmdline = f"plunder.server={settings.http_base} plunder.mac={mac} console=ttyS0 quiet"
     agent_available = _agent_available(settings)
+    if trust.write_interrupted(host):
+        await _interrupted_write(request, host)
+        return _retry(request, mac, "the write was interrupted; asking again")
+    token = ""
+    if decide.installs(host):
+        issued = await _installer_token(request, host)
+        if issued is None:
+            return _retry(request, mac, "the installer's token is not free now; asking again")
+        token = issued
     decision = decide.decide(
         host, files_base, cmdline, agent_available, server=settings.http_base, token=token
     )
-    installing = host is not None and decide.installs(host)
-    if decision.action == "kernel" and (agent_available or installing) and host is not None:
-        # A new boot id invalidates the token of any earlier boot into the agent. Unguarded:
-        # the last boot wins (a host makes one request per boot; extra ones get stale tokens).
-        change = hoststate.booted_agent(host, boot_id, datetime.now(UTC))
-        await backend.patch_host_status(host, change.status or {}, guarded=False)
-        if change.event is not None:
-            await app[EVENTS_KEY](host, *change.event)
     app[METRICS_KEY].scripts.labels(decision.action).inc()
     return web.Response(
         text=scripts.render_script(decision, mac, settings.http_base, settings.poll_seconds),
@@ -164,6 +226,8 @@ def make_app(
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[CLIENT_KEY] = client
     app[SIGNER_KEY] = signer
+    app[HOLDERS_KEY] = tokens.Holders()
+    app[DISCOVERY_KEY] = DiscoveryGate(settings.discovery)
     app[EVENTS_KEY] = events
     app[SETTINGS_KEY] = settings
     app[BACKEND_KEY] = backend

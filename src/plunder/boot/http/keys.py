@@ -12,9 +12,10 @@ from lightkube import AsyncClient
 from plunder.api.inventory import PlunderHost
 from plunder.boot.backend.base import HostBackend
 from plunder.boot.dhcp.leases import LeaseTable
+from plunder.boot.discovery import DiscoveryGate
 from plunder.boot.http.metrics import BootMetrics
 from plunder.boot.settings import BootSettings
-from plunder.boot.tokens import TokenSigner
+from plunder.boot.tokens import Holders, TokenSigner
 
 EventSink = Callable[[PlunderHost, str, str, Literal["Normal", "Warning"]], Awaitable[None]]
 """Records an Event (reason, message, type) about a host."""
@@ -26,4 +27,6 @@ METRICS_KEY = web.AppKey("metrics", BootMetrics)
 READY_KEY = web.AppKey("ready", asyncio.Event)
 CLIENT_KEY = web.AppKey("client", AsyncClient)
 SIGNER_KEY = web.AppKey("signer", TokenSigner)
+HOLDERS_KEY = web.AppKey("holders", Holders)
+DISCOVERY_KEY = web.AppKey("discovery", DiscoveryGate)
 EVENTS_KEY: web.AppKey[EventSink] = web.AppKey("events")

@@ -2,9 +2,10 @@
 
 An installer fetches its answer file with a plain GET (neither d-i nor anaconda can send a
 header), so the per-boot token comes in the query, and is checked as for the agent's calls. A
-file is served only to a host in ``provisioning`` whose ``deploymentType`` asks for it; serving
-it marks the start of the ``writing`` phase (the installer now writes the OS to the disk), which
-the answer file's last step finishes.
+file is served only to an accepted host in ``provisioning`` whose ``deploymentType`` asks for it;
+the token is the one its iPXE script carried, issued once per install (see
+:mod:`plunder.boot.trust`). Serving it marks the start of the ``writing`` phase (the installer
+now writes the OS to the disk), which the answer file's last step finishes.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _answer_file(kind: DeploymentType) -> Callable[[web.Request], Awaitable[web.
         host = agent.authorised_host(request, token=request.query.get("token", ""))
         mac = host.spec.boot_mac_address
         state = hoststate.state_of(host)
-        if state != "provisioning" or host.spec.deployment_type != kind:
+        if not host.spec.accepted or state != "provisioning" or host.spec.deployment_type != kind:
             log.warning(
                 "%s of %s refused: the host is %s, not a %s install", kind, mac, state, kind
             )

@@ -32,6 +32,7 @@ def installs(host: PlunderHost) -> bool:
     """Whether the host is to boot its installer now (preseed or kickstart, not yet written)."""
     return (
         host.spec.deployment_type is not None
+        and host.spec.accepted  # an installer writes the disk: never before acceptance
         and hoststate.state_of(host) == "provisioning"
         and not image_written(host)
     )
