@@ -268,6 +268,7 @@ def start_lab_bmcs(
     Redfish BMCs serve https with a certificate of the plane's CA; the credentials Secret carries
     that CA as ``ca.crt``, so certificate verification stays on. A host the boot service has
     already discovered gets ``spec.bmc`` added; one not yet seen is created with its MAC and BMC.
+    Both are accepted (``spec.accepted``): they are the lab's own.
 
     Args:
         lab_dir: The lab's folder (the BMCs run under ``bmc/``; the plane's CA is in ``pki/``).
@@ -299,6 +300,9 @@ def start_lab_bmcs(
                 spec={
                     "bootMACAddress": host["mac"],
                     "bmc": {"address": emulated.address, "credentialsName": CREDENTIALS_SECRET},
+                    # The lab's own hardware, enrolled with its BMC: accepted, as a person
+                    # accepts the servers they racked (unknown MACs still wait for it).
+                    "accepted": True,
                 },
             ),
             force=True,
