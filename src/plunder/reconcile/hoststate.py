@@ -188,8 +188,19 @@ def root_device(host: PlunderHost) -> str:
     return "/dev/vda"
 
 
+WIPED_REASON = "Wiped"
+"""The reason of the agent's ``done`` for a wipe (``agent.sh``: ``report done Wiped …``)."""
+
+
 def agent_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> Change:
-    """The agent reported a phase of its work."""
+    """The agent reported a phase of its work.
+
+    Only a ``done`` for a wipe (reason :data:`WIPED_REASON`) returns a deprovisioning host to the
+    pool: a ``done`` for an image write (an agent that was told to provision before the work was
+    taken away, or an installer's last step) arriving while the host is deprovisioning says the
+    disk holds an OS and its seed, the opposite of wiped. It is ignored; the agent reboots after
+    it, boots the agent again (the host is deprovisioning) and is told to wipe.
+    """
     phase, reason = fields.get("phase", ""), fields.get("reason", "")
     message = fields.get("message", "")[:1000]
     state = state_of(host)
@@ -207,7 +218,7 @@ def agent_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> 
                 if entry["name"] == "writing":
                     entry["bytes"] = int(fields["bytes"])
         return Change({"phases": phases})
-    if phase == "done" and state == "deprovisioning":
+    if phase == "done" and state == "deprovisioning" and reason == WIPED_REASON:
         return Change(
             {
                 "state": "available",
