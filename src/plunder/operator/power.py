@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import kopf
+from cryptography import x509
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Secret
@@ -100,6 +101,7 @@ async def read_settings(client: AsyncClient, host: PlunderHost) -> base.BMCSetti
     Raises:
         base.BMCAddressError: The address cannot be parsed.
         base.BMCCredentialsError: The Secret is missing or incomplete.
+        base.BMCCAError: Its ``ca.crt`` cannot be used.
     """
     bmc = host.spec.bmc
     assert bmc is not None
@@ -122,16 +124,48 @@ async def read_settings(client: AsyncClient, host: PlunderHost) -> base.BMCSetti
         address=address,
         credentials=base.Credentials(data["username"], data["password"]),
         verify_certificate=not bmc.disable_certificate_verification,
-        ca_file=_ca_file(data["ca.crt"]) if data.get("ca.crt") else None,
+        ca_file=_ca_file(data["ca.crt"], bmc.credentials_name) if data.get("ca.crt") else None,
     )
 
 
-def _ca_file(pem: str) -> str:
-    """A file holding ``pem`` (requests takes a CA bundle only as a path); one per content."""
+_ca_folder: Path | None = None
+"""This process's private folder of CA files (made by ``mkdtemp``: mode 0700, a name nobody can
+guess), so no other user of a shared temporary directory can plant or swap a CA."""
+
+
+def _ca_file(pem: str, secret: str) -> str:
+    """A file holding ``pem`` (requests takes a CA bundle only as a path); one per content.
+
+    The file lives in a private folder under the temporary directory (``TMPDIR``, else /tmp: the
+    shipped Deployment mounts an emptyDir there, its root filesystem being read-only), written
+    whole and then renamed, so a reader never sees half of it.
+
+    Raises:
+        base.BMCCAError: ``pem`` is not a PEM certificate, or it cannot be written.
+    """
+    global _ca_folder
+    try:
+        x509.load_pem_x509_certificates(pem.encode())
+    except ValueError:
+        raise base.BMCCAError(
+            f"the ca.crt key of Secret {secret} is not a PEM certificate (or bundle): put the "
+            "BMC's CA certificate there, -----BEGIN CERTIFICATE----- and all"
+        ) from None
     digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"plunder-bmc-ca-{digest}.pem"
-    if not path.exists():
-        path.write_text(pem)
+    try:
+        if _ca_folder is None or not _ca_folder.is_dir():
+            _ca_folder = Path(tempfile.mkdtemp(prefix="plunder-bmc-ca-"))
+        path = _ca_folder / f"{digest}.pem"
+        if not path.exists():
+            partial = _ca_folder / f".{digest}.partial"
+            partial.write_text(pem)
+            partial.replace(path)
+    except OSError as error:
+        raise base.BMCCAError(
+            f"the ca.crt key of Secret {secret} cannot be kept in a file for the TLS client "
+            f"({error.strerror or error} in {tempfile.gettempdir()}): give the controller a "
+            "writable temporary directory (an emptyDir at /tmp, as config/manager does, or TMPDIR)"
+        ) from None
     return str(path)
 
 
