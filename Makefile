@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make lab    set up what is missing, then start the lab (management plane + controller)
 #   make test   set up what is missing, then run every check and test (what CI runs)
-.PHONY: lab lab-down setup test lint typecheck unit crds release
+.PHONY: lab lab-down setup test lint typecheck install-check unit crds release
 
 PY := .venv/bin
 
@@ -22,8 +22,21 @@ lint:
 typecheck:
 	$(PY)/mypy
 
-test: setup lint typecheck
+test: setup lint typecheck install-check
 	$(PY)/pytest -ra
+
+# What the code imports, the package declares: install it (not editable) into a throwaway venv
+# without the dev extra and import every module but the lab's; then add the lab extra (what
+# `plunderctl lab up` needs) and import the lab's modules too.
+CHECK_VENV := build/install-check
+install-check:
+	rm -rf $(CHECK_VENV)
+	python3 -m venv $(CHECK_VENV)
+	$(CHECK_VENV)/bin/pip install -q -c constraints.txt .
+	$(CHECK_VENV)/bin/python tests/install_check.py --without plunder.lab
+	$(CHECK_VENV)/bin/pip install -q -c constraints.txt '.[lab]'
+	$(CHECK_VENV)/bin/python tests/install_check.py
+	$(CHECK_VENV)/bin/plunderctl lab up --help >/dev/null
 
 unit: setup
 	$(PY)/pytest tests/unit
