@@ -34,8 +34,8 @@ def _listed(host: PlunderHost, field: str) -> list[dict[str, Any]]:
     return [entry.to_api() for entry in entries or ()]
 
 
-def _state(host: PlunderHost) -> str | None:
-    return host.status.state if host.status else None
+def _state(host: PlunderHost) -> str:
+    return (host.status.state if host.status else None) or "discovered"
 
 
 def merge_entries(
