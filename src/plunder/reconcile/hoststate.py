@@ -9,7 +9,12 @@ reports its hardware (→ available), its progress (a failure → error) and a f
 (→ available), and when cloud-init of the installed OS phones home (→ provisioned); the
 controller when work is set on an available host (→ provisioning), when the work is taken away
 (→ deprovisioning), and when the spec of a failed host changes (→ provisioning again). Each
-function returns the status fields to write; the callers write them with a merge patch.
+function returns the status fields to write; the callers write them with a merge patch, guarded
+by resourceVersion (docs/status-writers.md).
+
+A finished wipe is the agent's ``done`` with reason ``Wiped`` and nothing else: the host is never
+returned to the pool on the word of a report about other work. What the host's BMC must do
+follows from the state alone (:func:`power_wish`), converged by the controller's power loop.
 """
 
 from __future__ import annotations
