@@ -199,3 +199,32 @@ async def test_a_crash_between_the_move_and_the_power_action_still_power_cycles(
     recording_bmc.clear()
     await power.power_step(client, read(kube, namespace))
     assert recording_bmc == []
+
+
+def set_reboot(kube: Client, namespace: str, value: str) -> None:
+    annotations = {power.REBOOT_ANNOTATION: value}
+    kube.patch(
+        HOSTS,
+        "h1",
+        {"metadata": {"annotations": annotations}},
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
+    )
+
+
+async def test_a_reboot_asked_again_during_a_round_is_not_lost(
+    kube: Client, client: AsyncClient, namespace: str, recording_bmc: list[str]
+) -> None:
+    host = make_host(kube, namespace)
+    write_status(kube, host, {"state": "available", "firstSeen": "2026-11-25T12:00:00Z"})
+    set_reboot(kube, namespace, "1")
+    await power.power_step(client, read(kube, namespace))
+    assert recording_bmc == ["boot-pxe", "reboot"]
+    assert power.REBOOT_ANNOTATION not in (read(kube, namespace).metadata.annotations or {})
+
+    set_reboot(kube, namespace, "2")
+    seen = read(kube, namespace)  # the round's copy: the ask "2"
+    set_reboot(kube, namespace, "3")  # asked again while the round runs
+    await power.power_step(client, seen)
+    annotations = read(kube, namespace).metadata.annotations or {}
+    assert annotations.get(power.REBOOT_ANNOTATION) == "3", "the second ask was dropped"

@@ -292,13 +292,10 @@ async def power_step(
     if wish is not None and wish.mark == marked:
         wish = None
     # What the round does is what it records as done: the wish comes before an ask to reboot.
-    answered: dict[str, str | None] = (
-        {DONE_ANNOTATION: wish.mark}
-        if wish is not None
-        else dict.fromkeys(key for key in (REBOOT_ANNOTATION,) if key in present)
-    )
+    answered: dict[str, str | None] = {DONE_ANNOTATION: wish.mark} if wish is not None else {}
     if ACTION_ANNOTATION in present:
         answered[ACTION_ANNOTATION] = None
+    reboot_asked = present.get(REBOOT_ANNOTATION) if wish is None else None
     try:
         settings = await read_settings(client, host)
         driver = registry.driver_for(settings)
@@ -316,7 +313,29 @@ async def power_step(
         return error
     message = f"the BMC answers; the host is {state}"
     await _write_outcome(client, host, state == "on", "Reachable", message, answered)
+    if reboot_asked is not None:
+        await _answer_reboot(client, host, reboot_asked)
     return None
+
+
+async def _answer_reboot(client: AsyncClient, host: PlunderHost, asked: str) -> None:
+    """Remove the reboot annotation, if it still holds the ask this round did.
+
+    A JSON patch that tests the value first: a person who asks again while the round runs (a
+    new value, ``plunderctl power cycle`` writes the time) keeps the ask for the next round.
+    """
+    path = f"/metadata/annotations/{REBOOT_ANNOTATION.replace('~', '~0').replace('/', '~1')}"
+    try:
+        await client.patch(
+            resource_for(PlunderHost),
+            host.metadata.name or "",
+            [{"op": "test", "path": path, "value": asked}, {"op": "remove", "path": path}],
+            namespace=host.metadata.namespace,
+            patch_type=PatchType.JSON,
+        )
+    except ApiError as error:
+        if error.status.code not in (404, 409, 422):  # gone, or asked again: the next round
+            raise
 
 
 def _wants_attention(body: Mapping[str, Any]) -> bool:
