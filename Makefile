@@ -34,6 +34,8 @@ install-check:
 	python3 -m venv $(CHECK_VENV)
 	$(CHECK_VENV)/bin/pip install -q -c constraints.txt .
 	$(CHECK_VENV)/bin/python tests/install_check.py --without plunder.lab
+	! $(CHECK_VENV)/bin/plunderctl lab status --dir $(CHECK_VENV)/lab 2>$(CHECK_VENV)/lab.err
+	grep -q "needs the lab extra" $(CHECK_VENV)/lab.err
 	$(CHECK_VENV)/bin/pip install -q -c constraints.txt '.[lab]'
 	$(CHECK_VENV)/bin/python tests/install_check.py
 	$(CHECK_VENV)/bin/plunderctl lab up --help >/dev/null
