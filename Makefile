@@ -1,14 +1,19 @@
 # The two commands of the README:
-#   make lab    set up what is missing, then start the lab (management plane + controller)
+#   make lab    set up what is missing, start the lab (management plane, Cluster API, the
+#               provider, the boot service, 3 blank hosts), then run the seed's walkthrough
+#               (kubectl apply -f examples/simple/) to a working Kubernetes cluster on the hosts
 #   make test   set up what is missing, then run every check and test (what CI runs)
-.PHONY: lab lab-down setup test lint typecheck install-check unit crds release
+.PHONY: lab lab-up lab-down setup test lint typecheck install-check unit crds release
 
 PY := .venv/bin
 
 setup:
 	bash scripts/setup.sh
 
-lab: setup
+lab: lab-up
+	$(PY)/plunderctl lab cluster
+
+lab-up: setup
 	$(PY)/plunderctl lab up
 
 lab-down:

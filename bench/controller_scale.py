@@ -46,9 +46,9 @@ from tests.integration.test_machine_world import (  # noqa: E402
     create_machine,
 )
 
+from plunder.images import binaries  # noqa: E402
 from plunder.k8s import client as k8s_client  # noqa: E402
 from plunder.k8s import crds  # noqa: E402
-from plunder.lab import binaries  # noqa: E402
 from plunder.lab.plane import Plane, start_plane  # noqa: E402
 
 REQUESTS = re.compile(r"^apiserver_request_total\{([^}]*)\} (\S+)$", re.MULTILINE)

@@ -64,7 +64,7 @@ def wait_for(predicate: Callable[[], T | None], what: str, timeout: float) -> T:
 
 
 @contextmanager
-def running_lab(folder: Path, *options: str) -> Iterator[Lab]:
+def running_lab(folder: Path, *options: str, subnet: IPv4Network | None = None) -> Iterator[Lab]:
     """`plunderctl lab up` on a namespace, subnet and ports of its own; `lab down` after."""
-    with isolated_lab(folder, *options, prefix="plunder-bench") as running:
+    with isolated_lab(folder, *options, subnet=subnet, prefix="plunder-bench") as running:
         yield Lab(folder, sync_client(running.kubeconfig), running.hosts(), running.subnet)

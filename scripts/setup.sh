@@ -23,6 +23,8 @@ declare -A provides=(
   [libvirt-dev]=/usr/include/libvirt/libvirt.h [pkg-config]=pkg-config [gcc]=gcc [ipmitool]=ipmitool
   # the installer tests: debconf's preseed checker, GNU wget (runs a preseed's late_command)
   [debconf]=debconf-set-selections [wget]=wget
+  # the node image: runc links libseccomp statically
+  [libseccomp-dev]=/usr/lib/x86_64-linux-gnu/libseccomp.a
 )
 need_apt=()
 for package in "${!provides[@]}"; do

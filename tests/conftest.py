@@ -29,9 +29,10 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 
 from plunder.boot.service import BootService
+from plunder.images import binaries
 from plunder.k8s import client as k8s_client
 from plunder.k8s import crds
-from plunder.lab import binaries, capi, network, processes
+from plunder.lab import capi, network, processes
 from plunder.lab.pki import PlanePKI
 from plunder.lab.plane import Plane, start_plane
 

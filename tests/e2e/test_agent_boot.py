@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from plunder.agent import build
+from plunder.images import agent as build
 
 pytestmark = pytest.mark.e2e
 

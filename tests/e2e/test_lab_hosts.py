@@ -133,7 +133,7 @@ def test_get_unleased_prints_the_seeds_table(lab: RunningLab) -> None:
     ]
     assert sorted(line.split()[0] for line in lines[1:]) == sorted(h["mac"] for h in lab.hosts)
     assert all("VMware, Inc." in line for line in lines[1:])
-    described = plunderctl("describe", "host", "00:50:56:a5:c3:07", env=lab.env)
+    described = plunderctl("describe", "host", "00:50:56:a5:b5:f1", env=lab.env)
     assert "bootFirmware: uefi" in described.stdout
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from plunder.lab import osimage
+from plunder.images import osimage
 
 pytestmark = pytest.mark.e2e
 

@@ -18,9 +18,9 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Secret
 
 from plunder.api.infrastructure import PlunderMachine
+from plunder.images import binaries
 from plunder.k8s import capi
 from plunder.k8s.resources import resource_for
-from plunder.lab import binaries
 from plunder.lab.capi import ClusterAPIControllers
 from plunder.lab.plane import Plane
 from tests.conftest import eventually, listed, nested, provider_controller, run_kubectl

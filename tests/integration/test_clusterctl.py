@@ -17,8 +17,8 @@ from lightkube import Client
 
 from plunder.api.infrastructure import PlunderCluster, PlunderMachine, PlunderMachineTemplate
 from plunder.cli import release
+from plunder.images import binaries
 from plunder.k8s.resources import resource_for
-from plunder.lab import binaries
 from plunder.lab.capi import ClusterAPIControllers
 from plunder.lab.plane import Plane
 from tests.conftest import eventually, listed, nested, provider_controller, run_kubectl
@@ -30,6 +30,8 @@ IMAGE_CHECKSUM = "cd" * 32
 TOPOLOGY_OWNED = "topology.cluster.x-k8s.io/owned"
 VARIABLES = {
     "CONTROL_PLANE_ENDPOINT_IP": "172.31.99.50",
+    "CONTROL_PLANE_GATEWAY": "172.31.99.1",
+    "CONTROL_PLANE_NAMESERVER": "172.31.99.1",
     "IMAGE_URL": IMAGE_URL,
     "IMAGE_CHECKSUM": IMAGE_CHECKSUM,
 }

@@ -229,7 +229,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     (
         "endpoint host not a name",
         cluster(controlPlaneEndpoint={"host": "not a host!", "port": 6443}),
-        "spec.controlPlaneEndpoint.host must be an IP address or a DNS name",
+        "spec.controlPlaneEndpoint.host must be an IP address (like 172.31.99.20",
     ),
     (
         "template without spec",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from plunder.agent import build
+from plunder.images import agent as build
 
 SCRIPT = build.AGENT_SCRIPT.read_text()
 RECIPE = Path(build.__file__).read_text()

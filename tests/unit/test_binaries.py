@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from plunder.lab import binaries
+from plunder.images import binaries
 
 
 def test_versions_come_from_tools_go_mod() -> None:

@@ -118,3 +118,11 @@ def test_kustomization_lists_every_generated_crd() -> None:
     assert sorted(kustomization["resources"]) == sorted(
         f"bases/{crdgen.crd_file_name(kind)}" for kind in crdgen.ALL_KINDS
     )
+
+
+def test_the_committed_admission_policies_are_generated_from_the_models() -> None:
+    """config/policy/policies.yaml, shipped in the components, is what `make crds` writes."""
+    from plunder.cli.main import POLICIES_FILE, render_policies
+
+    committed = CRD_DIR.parent.parent / "policy" / POLICIES_FILE
+    assert committed.read_text() == render_policies(), "run `make crds`"

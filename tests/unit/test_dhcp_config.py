@@ -65,3 +65,17 @@ def test_lease_table_follows_the_file(tmp_path: Path) -> None:
     leases.write_text("1764000000 00:50:56:a5:b5:f1 172.31.99.101 * *\nbroken line\n")
     assert table.mac_for("172.31.99.101") == "00:50:56:a5:b5:f1"
     assert LeaseTable(None).mac_for("172.31.99.101") is None
+
+
+def test_full_mode_hands_out_the_gateway_and_name_servers_it_is_given() -> None:
+    closed = render_dnsmasq_conf(SETTINGS, "/run/leases", "/run/tftp").splitlines()
+    assert "dhcp-option=option:router" in closed  # none: the network is closed
+    assert not any("dns-server" in line for line in closed)
+    dhcp = DhcpSettings(
+        router=IPv4Address("172.31.99.1"),
+        dns_servers=(IPv4Address("172.31.99.1"), IPv4Address("172.31.99.2")),
+    )
+    settings = BootSettings(address=IPv4Address("172.31.99.1"), run_dir=Path("/run"), dhcp=dhcp)
+    conf = render_dnsmasq_conf(settings, "/run/leases", "/run/tftp").splitlines()
+    assert "dhcp-option=option:router,172.31.99.1" in conf
+    assert "dhcp-option=option:dns-server,172.31.99.1,172.31.99.2" in conf

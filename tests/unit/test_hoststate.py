@@ -192,6 +192,8 @@ def test_cloud_init_data_for_the_installation() -> None:
     assert hoststate.meta_data(static) == {
         "instance-id": "u-1-b1",
         "local-hostname": "controlplane",
+        # what the kubelet registers its Node with, so Cluster API finds the Machine's Node
+        "provider-id": f"plunder://{MAC}",
     }
     assert hoststate.network_config(static) == {
         "version": 2,
@@ -200,7 +202,7 @@ def test_cloud_init_data_for_the_installation() -> None:
                 "match": {"macaddress": MAC},
                 "set-name": "prov0",
                 "addresses": ["172.31.99.20/24"],
-                "routes": [{"to": "default", "via": "172.31.99.1"}],
+                "routes": [{"to": "0.0.0.0/0", "via": "172.31.99.1"}],
                 "nameservers": {"addresses": ["172.31.99.1"]},
             }
         },

@@ -64,7 +64,9 @@ def test_agent_states_boot_the_agent(state: str) -> None:
 def test_a_provisioned_host_is_sent_to_its_disk() -> None:
     script = script_for(host("provisioned", deploymentType="preseed"))
     assert "sanboot --no-describe --drive 0x80" in script
-    assert "iseq ${platform} efi && exit" in script
+    # UEFI: the EFI disk booter, not `exit` (a freshly written disk has no firmware boot entry)
+    assert "iseq ${platform} efi && goto efi" in script
+    assert f"chain --autofree {BASE}/files/agent/disk-boot.efi || exit" in script
     assert "kernel" not in script
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from plunder.lab import osimage
+from plunder.images import osimage
 
 
 def test_the_cache_path_is_keyed_by_version(

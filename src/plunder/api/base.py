@@ -9,10 +9,15 @@ controllers read back from the API, so the schema and the code cannot disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+if TYPE_CHECKING:
+    from plunder.api.rules import Rule
 
 
 class KubeModel(BaseModel):
@@ -25,6 +30,30 @@ class KubeModel(BaseModel):
         use_attribute_docstrings=True,
         extra="ignore",
     )
+
+    object_rules: ClassVar[tuple[Rule, ...]] = ()
+    """Rules on the whole object (across its fields): CEL in the CRD, checked here too."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """The model's schema, with its ``object_rules`` as CEL."""
+        json_schema = handler(schema)
+        if cls.object_rules:
+            target = handler.resolve_ref_schema(json_schema)
+            existing = list(target.get("x-kubernetes-validations", []))
+            target["x-kubernetes-validations"] = existing + [
+                r.validation() for r in cls.object_rules
+            ]
+        return json_schema
+
+    @model_validator(mode="after")
+    def _hold_rules(self) -> Self:
+        for rule in type(self).object_rules:
+            if not rule.holds(self):
+                raise ValueError(rule.message)
+        return self
 
     def to_api(self) -> dict[str, Any]:
         """Serialise as the API server expects it: aliases, and no unset (None) fields."""

@@ -11,7 +11,9 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
+from plunder.api import rules
 from plunder.api.base import KubeModel, cel, validations
+from plunder.api.rules import Enforce, Rule
 
 INFRASTRUCTURE_GROUP = "infrastructure.cluster.x-k8s.io"
 INVENTORY_GROUP = "metal.plunder.dev"
@@ -20,20 +22,17 @@ PROVIDER_LABEL = "cluster.x-k8s.io/provider"
 PROVIDER_NAME = "infrastructure-plunder"
 CLUSTER_NAME_LABEL = "cluster.x-k8s.io/cluster-name"
 
-MAC_PATTERN = r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$"
+MAC_PATTERN = rules.MAC
 
 
 def mac_rule(path: str) -> dict[str, str]:
-    """A MAC address in the canonical form this project stores and looks up by."""
-    return cel(
-        f"self.matches('{MAC_PATTERN}')",
-        f"{path} must be a MAC address in lower-case colon form, like 00:50:56:a5:11:20",
-    )
+    """A MAC address in the canonical form this project stores and looks up by (CEL only)."""
+    return rules.mac_address(path)[0].validation()
 
 
 def ip_rule(path: str) -> dict[str, str]:
-    """An IPv4 or IPv6 address, without a prefix length."""
-    return cel("isIP(self)", f"{path} must be an IPv4 or IPv6 address, like 172.31.99.20")
+    """An IPv4 or IPv6 address, without a prefix length (CEL only)."""
+    return rules.ip_address(path).validation()
 
 
 IPAddress = Annotated[str, Field(max_length=45)]
@@ -118,9 +117,11 @@ class ObjectReference(KubeModel):
 class SecretReference(KubeModel):
     """A Secret, by name and namespace."""
 
-    name: str = Field(max_length=253)
+    name: Annotated[str, Enforce(rules.secret_name("spec.userData.name"))] = Field(max_length=253)
     """The Secret's name."""
-    namespace: str | None = Field(default=None, max_length=63)
+    namespace: Annotated[str, Enforce(rules.namespace_name("spec.userData.namespace"))] | None = (
+        Field(default=None, max_length=63)
+    )
     """The Secret's namespace; defaults to the referring object's namespace."""
 
 
@@ -136,19 +137,24 @@ class MachineAddress(KubeModel):
 class APIEndpoint(KubeModel):
     """Where a cluster's Kubernetes API server is reached."""
 
-    host: str = Field(
-        default="",
-        max_length=253,
-        json_schema_extra=validations(
-            cel(
-                "self == '' || isIP(self) || self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')",
-                "spec.controlPlaneEndpoint.host must be an IP address or a DNS name",
-            )
+    # Port 0 means "not yet known", as in Cluster API; with a host it would be an endpoint that
+    # nothing can reach, and the endpoint is immutable once its host is set.
+    object_rules = (
+        Rule(
+            "!has(self.host) || self.host == '' || (has(self.port) && self.port >= 1)",
+            "spec.controlPlaneEndpoint.port must be from 1 to 65535 (usually 6443) when "
+            "spec.controlPlaneEndpoint.host is set",
+            lambda endpoint: endpoint.host == "" or endpoint.port >= 1,
+            field_path=".port",
         ),
+    )
+
+    host: Annotated[str, Enforce(rules.endpoint_host("spec.controlPlaneEndpoint.host"))] = Field(
+        default="", max_length=253
     )
     """The IP address or DNS name of the API server (a VIP, or the first control-plane host)."""
     port: int = Field(default=0, ge=0, le=65535)
-    """The API server's TCP port, usually 6443."""
+    """The API server's TCP port, usually 6443; 0 only while host is empty."""
 
 
 class FailureDomain(KubeModel):
@@ -162,21 +168,53 @@ class FailureDomain(KubeModel):
     """Free-form attributes of the failure domain."""
 
 
+_EXPRESSIONS = "spec.hostSelector.matchExpressions[]"
+_MATCH_LABELS = "spec.hostSelector.matchLabels"
+
+LabelValue = Annotated[str, Field(max_length=63)]
+"""A label's value (validated by the rule of the field that uses it)."""
+
+
 class LabelSelectorRequirement(KubeModel):
     """One requirement of a label selector."""
 
-    key: str = Field(max_length=317)
+    # What Kubernetes' own label selectors refuse (metav1.LabelSelectorRequirement).
+    object_rules = (
+        Rule(
+            "!(self.operator in ['In', 'NotIn']) || (has(self.values) && size(self.values) > 0)",
+            f"{_EXPRESSIONS}.values must list at least one value when operator is In or NotIn",
+            lambda r: r.operator not in ("In", "NotIn") or bool(r.values),
+            field_path=".values",
+        ),
+        Rule(
+            "!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values)"
+            " || size(self.values) == 0",
+            f"{_EXPRESSIONS}.values must be empty when operator is Exists or DoesNotExist",
+            lambda r: r.operator not in ("Exists", "DoesNotExist") or not r.values,
+            field_path=".values",
+        ),
+    )
+
+    key: Annotated[str, Enforce(rules.label_key(f"{_EXPRESSIONS}.key"))] = Field(max_length=317)
     """The label key the requirement applies to."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     """How the key relates to the values: In, NotIn, Exists or DoesNotExist."""
-    values: list[Annotated[str, Field(max_length=63)]] | None = Field(default=None, max_length=64)
+    values: (
+        list[Annotated[LabelValue, Enforce(rules.label_value(f"{_EXPRESSIONS}.values"))]] | None
+    ) = Field(default=None, max_length=64)
     """The values for In and NotIn; empty for Exists and DoesNotExist."""
 
 
 class LabelSelector(KubeModel):
     """Which hosts qualify, by their labels (as Kubernetes' label selectors)."""
 
-    match_labels: dict[str, str] | None = None
+    match_labels: (
+        Annotated[
+            dict[str, Annotated[LabelValue, Enforce(rules.label_value(_MATCH_LABELS))]],
+            Enforce(rules.label_keys(_MATCH_LABELS)),
+        ]
+        | None
+    ) = Field(default=None, max_length=64)
     """Labels a host must carry, with these values."""
     match_expressions: list[LabelSelectorRequirement] | None = Field(default=None, max_length=32)
     """Further requirements, all of which must hold."""
@@ -212,17 +250,24 @@ class Image(KubeModel):
         )
     )
 
-    url: str = Field(
-        max_length=2048,
-        json_schema_extra=validations(
-            cel(
-                "isURL(self) && url(self).getScheme() in ['http', 'https']",
+    url: Annotated[
+        str,
+        Enforce(
+            Rule(
+                "self.matches('^https?://')",
                 "spec.image.url must be an http:// or https:// URL",
-            )
+                lambda value: rules.matches("^https?://", value),
+            ),
+            *rules.url("spec.image.url", "http://172.31.99.1:8080/images/debian.raw"),
         ),
-    )
+    ] = Field(max_length=2048)
     """Where the image is served from (usually the boot service's HTTP server)."""
-    checksum: str | None = Field(default=None, max_length=2048)
+    checksum: (
+        Annotated[
+            str, Enforce(*rules.url("spec.image.checksum", "http://172.31.99.1:8080/SHA256SUMS"))
+        ]
+        | None
+    ) = Field(default=None, max_length=2048)
     """The image's digest in lower-case hex, or (as in Metal3) the URL of a checksum file as
     ``sha256sum`` writes it: the line naming the image's file, or the file's only line. The
     agent fetches that file just before writing. A mismatch fails the host instead of booting
@@ -237,26 +282,45 @@ class Image(KubeModel):
 class StaticNetwork(KubeModel):
     """A fixed address for the machine's provisioning interface, as the seed's ``ipaddress``."""
 
-    ip_address: IPAddress = Field(
-        alias="ipAddress", json_schema_extra=validations(ip_rule("spec.network.ipAddress"))
+    object_rules = (
+        Rule(
+            "!isIP(self.ipAddress) || ip(self.ipAddress).family() == 6 || !has(self.prefixLength)"
+            " || self.prefixLength <= 32",
+            "spec.network.prefixLength must be at most 32 for an IPv4 spec.network.ipAddress "
+            "(it is the length of the subnet's prefix, like 24)",
+            lambda n: (
+                not rules.is_ip(n.ip_address)
+                or rules.ip_family(n.ip_address) == 6
+                or n.prefix_length <= 32
+            ),
+            field_path=".prefixLength",
+        ),
+        Rule(
+            "!has(self.gateway) || !isIP(self.ipAddress) || !isIP(self.gateway)"
+            " || ip(self.gateway).family() == ip(self.ipAddress).family()",
+            "spec.network.gateway must be of the family of spec.network.ipAddress: an IPv4 "
+            "gateway for an IPv4 address, an IPv6 gateway for an IPv6 address",
+            lambda n: (
+                n.gateway is None
+                or not rules.is_ip(n.ip_address)
+                or not rules.is_ip(n.gateway)
+                or rules.ip_family(n.gateway) == rules.ip_family(n.ip_address)
+            ),
+            field_path=".gateway",
+        ),
+    )
+
+    ip_address: Annotated[IPAddress, Enforce(rules.ip_address("spec.network.ipAddress"))] = Field(
+        alias="ipAddress"
     )
     """The machine's address."""
     prefix_length: int = Field(default=24, ge=1, le=128)
-    """The prefix length of the machine's subnet, such as 24."""
-    gateway: IPAddress | None = Field(
-        default=None, json_schema_extra=validations(ip_rule("spec.network.gateway"))
-    )
-    """The default gateway, if any."""
-    nameservers: list[IPAddress] | None = Field(
-        default=None,
-        max_length=3,
-        json_schema_extra=validations(
-            cel(
-                "self.all(n, isIP(n))",
-                "spec.network.nameservers must be IPv4 or IPv6 addresses",
-            )
-        ),
-    )
+    """The prefix length of the machine's subnet, such as 24 (at most 32 for IPv4)."""
+    gateway: Annotated[IPAddress, Enforce(rules.ip_address("spec.network.gateway"))] | None = None
+    """The default gateway, if any: of the address's family."""
+    nameservers: (
+        Annotated[list[IPAddress], Enforce(rules.ip_addresses("spec.network.nameservers"))] | None
+    ) = Field(default=None, max_length=3)
     """DNS servers, at most three."""
 
 

@@ -44,6 +44,7 @@ _KEPT_KEYWORDS = (
     "maxLength",
     "minItems",
     "maxItems",
+    "maxProperties",
     "pattern",
     "x-kubernetes-validations",
 )
@@ -61,6 +62,12 @@ def _resolve(schema: JSONSchema, definitions: Mapping[str, JSONSchema]) -> JSONS
     for key, value in schema.items():
         if key not in ("$ref", "allOf"):
             merged[key] = value
+    # The model's own rules hold wherever it is used; a field adds its rules to them.
+    if "x-kubernetes-validations" in target and "x-kubernetes-validations" in schema:
+        merged["x-kubernetes-validations"] = [
+            *target["x-kubernetes-validations"],
+            *schema["x-kubernetes-validations"],
+        ]
     return merged
 
 
@@ -107,6 +114,9 @@ def to_structural(schema: JSONSchema, definitions: Mapping[str, JSONSchema]) -> 
             out["required"] = required
     elif schema.get("type") == "object" and isinstance(schema.get("additionalProperties"), dict):
         out["additionalProperties"] = to_structural(schema["additionalProperties"], definitions)
+    if out.get("type") == "object" and "maxLength" in out:
+        # pydantic writes a bounded map's max_length as maxLength when the map is optional.
+        out["maxProperties"] = out.pop("maxLength")
     if schema.get("type") == "array":
         out["items"] = to_structural(schema["items"], definitions)
         if "maxItems" not in out and "maxLength" in schema:

@@ -11,10 +11,11 @@ The host a machine is bound to is kept in ``status.hostRef`` for people and in t
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
+from plunder.api import rules
 from plunder.api.base import KubeModel, PrinterColumn, Resource, ResourceInfo, cel, validations
 from plunder.api.common import (
     CLUSTER_NAME_LABEL,
@@ -31,10 +32,12 @@ from plunder.api.common import (
     Image,
     Initialization,
     LabelSelector,
+    LabelValue,
     MachineAddress,
     PoolReference,
     StaticNetwork,
 )
+from plunder.api.rules import Enforce, Rule
 
 CONTRACT_LABELS = {
     PROVIDER_LABEL: PROVIDER_NAME,
@@ -81,10 +84,18 @@ class PlunderClusterSpec(KubeModel):
 
     model_config = ConfigDict(
         json_schema_extra=validations(
+            # An endpoint stored with port 0 (before port 0 was refused) was never reachable:
+            # it may still be completed.
             cel(
-                "!has(oldSelf.controlPlaneEndpoint) || oldSelf.controlPlaneEndpoint.host == '' "
-                "|| self.controlPlaneEndpoint == oldSelf.controlPlaneEndpoint",
-                "spec.controlPlaneEndpoint is immutable once set",
+                "!has(oldSelf.controlPlaneEndpoint)"
+                " || !has(oldSelf.controlPlaneEndpoint.host)"
+                " || oldSelf.controlPlaneEndpoint.host == ''"
+                " || !has(oldSelf.controlPlaneEndpoint.port)"
+                " || oldSelf.controlPlaneEndpoint.port == 0"
+                " || (has(self.controlPlaneEndpoint)"
+                " && self.controlPlaneEndpoint == oldSelf.controlPlaneEndpoint)",
+                "spec.controlPlaneEndpoint is immutable once set: Cluster API, the certificates "
+                "and every node use it; to move the API server, create a new cluster",
                 field_path=".controlPlaneEndpoint",
             )
         )
@@ -93,7 +104,9 @@ class PlunderClusterSpec(KubeModel):
     control_plane_endpoint: APIEndpoint | None = None
     """Where the workload cluster's API server will be reached: a VIP that you provide, or left
     empty to take the address of the first control-plane host."""
-    failure_domain_label: str | None = Field(default=None, max_length=317)
+    failure_domain_label: (
+        Annotated[str, Enforce(rules.label_key("spec.failureDomainLabel"))] | None
+    ) = Field(default=None, max_length=317)
     """A host label whose values are the cluster's failure domains (for example
     topology.kubernetes.io/zone); empty for none."""
 
@@ -144,10 +157,23 @@ class PlunderCluster(Resource):
     """What the controller observed."""
 
 
+def _immutable_template(kind: str, users: str) -> Rule:
+    """A template's spec.template.spec does not change (Cluster API's rule for templates)."""
+    return Rule(
+        "self == oldSelf",
+        f"spec.template.spec is immutable: objects made from a template keep what it said; "
+        f"create a new {kind} and point {users} at it",
+        None,
+    )
+
+
 class PlunderClusterTemplateResource(KubeModel):
     """The PlunderCluster that a template stamps out."""
 
-    spec: PlunderClusterSpec = Field(default_factory=PlunderClusterSpec)
+    spec: Annotated[
+        PlunderClusterSpec,
+        Enforce(_immutable_template("PlunderClusterTemplate", "the ClusterClass")),
+    ] = Field(default_factory=PlunderClusterSpec)
     """The spec of PlunderClusters made from this template."""
 
 
@@ -196,17 +222,19 @@ class PlunderMachineSpec(KubeModel):
         )
     )
 
-    provider_id: str | None = Field(
-        default=None,
-        alias="providerID",
-        max_length=64,
-        json_schema_extra=validations(
-            cel(
-                f"self.matches('{_PROVIDER_ID_PATTERN}')",
-                "spec.providerID must be plunder://<mac>, like plunder://00:50:56:a5:11:20",
-            )
-        ),
-    )
+    provider_id: (
+        Annotated[
+            str,
+            Enforce(
+                Rule(
+                    f"self.matches({rules.cel_string(_PROVIDER_ID_PATTERN)})",
+                    "spec.providerID must be plunder://<mac>, like plunder://00:50:56:a5:11:20",
+                    lambda value: rules.matches(_PROVIDER_ID_PATTERN, value),
+                )
+            ),
+        ]
+        | None
+    ) = Field(default=None, alias="providerID", max_length=64)
     """Set by the controller once a host is bound: ``plunder://<boot MAC>``. Immutable once set."""
     host_selector: LabelSelector | None = None
     """Which hosts may be claimed for this machine, by their labels; empty for any host."""
@@ -282,20 +310,46 @@ class PlunderMachine(Resource):
     """What the controller observed."""
 
 
+_TEMPLATE_LABELS = "spec.template.metadata.labels"
+_TEMPLATE_ANNOTATIONS = "spec.template.metadata.annotations"
+
+
 class ObjectMetaTemplate(KubeModel):
     """Labels and annotations given to objects made from a template."""
 
-    labels: dict[str, str] | None = None
+    labels: (
+        Annotated[
+            dict[str, Annotated[LabelValue, Enforce(rules.label_value(_TEMPLATE_LABELS))]],
+            Enforce(rules.label_keys(_TEMPLATE_LABELS)),
+        ]
+        | None
+    ) = Field(default=None, max_length=64)
     """Labels for the new objects."""
-    annotations: dict[str, str] | None = None
+    annotations: (
+        Annotated[dict[str, str], Enforce(rules.label_keys(_TEMPLATE_ANNOTATIONS))] | None
+    ) = Field(default=None, max_length=64)
     """Annotations for the new objects."""
 
 
 class PlunderMachineTemplateResource(KubeModel):
     """The PlunderMachine that a template stamps out."""
 
+    object_rules = (
+        Rule(
+            "!has(self.spec.providerID)",
+            "spec.template.spec.providerID must not be set: the controller sets each "
+            "PlunderMachine's providerID when it binds a host; remove it from the template",
+            lambda resource: resource.spec.provider_id is None,
+            field_path=".spec.providerID",
+        ),
+    )
+
     metadata: ObjectMetaTemplate | None = None
     """Labels and annotations for PlunderMachines made from this template."""
+    # Immutable too, but not by a CEL rule here: Cluster API's topology controller dry-runs a
+    # changed spec onto the current template to decide whether to rotate it, and that dry run
+    # must pass. CRD rules cannot tell a dry run from a change; the admission policy of
+    # plunder.api.policies can.
     spec: PlunderMachineSpec
     """The spec of PlunderMachines made from this template."""
 

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
+from plunder.api import rules
 from plunder.api.base import KubeModel, PrinterColumn, Resource, ResourceInfo, cel, validations
 from plunder.api.common import (
     INVENTORY_GROUP,
@@ -25,8 +26,8 @@ from plunder.api.common import (
     Phase,
     SecretReference,
     StaticNetwork,
-    mac_rule,
 )
+from plunder.api.rules import Enforce, Rule
 
 HostState = Literal[
     "discovered",
@@ -38,27 +39,34 @@ HostState = Literal[
     "error",
 ]
 
-_BMC_ADDRESS_RULE = (
-    r"self.matches('^(redfish(\\+https?)?://[^/\\s]+/redfish/v1/Systems/[^\\s]+"
-    r"|ipmi://[^/\\s:]+(:[0-9]{1,5})?)$')"
+# The forms the power drivers parse (plunder.power.base.parse_address); host and port are
+# checked by the URL rules, so an IPv6 BMC is written ipmi://[fd00::9]:623.
+_BMC_ADDRESS = (
+    r"^(redfish(\+https?)?://[^/\x00-\x20\x7f]+/redfish/v1/Systems/[^/\x00-\x20\x7f]+/?"
+    r"|ipmi://[^/\x00-\x20\x7f]+/?)$"
 )
 
 
 class BMC(KubeModel):
     """How to reach the host's baseboard management controller."""
 
-    address: str = Field(
-        max_length=2048,
-        json_schema_extra=validations(
-            cel(
-                _BMC_ADDRESS_RULE,
+    address: Annotated[
+        str,
+        Enforce(
+            Rule(
+                f"self.matches({rules.cel_string(_BMC_ADDRESS)})",
                 "spec.bmc.address must be redfish://host[:port]/redfish/v1/Systems/ID "
                 "(or redfish+http://, redfish+https://) or ipmi://host[:port]",
-            )
+                lambda value: rules.matches(_BMC_ADDRESS, value),
+            ),
+            *rules.url("spec.bmc.address", "ipmi://[fd00::9]:623"),
         ),
+    ] = Field(max_length=2048)
+    """The BMC's address; its scheme picks the power driver (redfish or ipmi). An IPv6 address
+    goes in brackets: ipmi://[fd00::9]:623."""
+    credentials_name: Annotated[str, Enforce(rules.secret_name("spec.bmc.credentialsName"))] = (
+        Field(max_length=253)
     )
-    """The BMC's address; its scheme picks the power driver (redfish or ipmi)."""
-    credentials_name: str = Field(max_length=253)
     """The Secret (in the host's namespace) with ``username`` and ``password``."""
     disable_certificate_verification: bool = False
     """Skip TLS certificate verification of the BMC. Off by default; only for lab BMCs."""
@@ -96,10 +104,8 @@ class PlunderHostSpec(KubeModel):
         )
     )
 
-    boot_mac_address: str = Field(
-        alias="bootMACAddress",
-        max_length=17,
-        json_schema_extra=validations(mac_rule("spec.bootMACAddress")),
+    boot_mac_address: Annotated[str, Enforce(*rules.mac_address("spec.bootMACAddress"))] = Field(
+        alias="bootMACAddress", max_length=17
     )
     """The MAC address of the NIC the host network-boots from; the host's identity."""
     bmc: BMC | None = None

@@ -29,6 +29,9 @@ class DhcpSettings:
     """dnsmasq's lease time."""
     router: IPv4Address | None = None
     """The default gateway handed to hosts (full mode); none by default."""
+    dns_servers: tuple[IPv4Address, ...] = ()
+    """Name servers handed to hosts (full mode); none by default. A Kubernetes node needs one
+    in its resolv.conf (CoreDNS forwards to it and will not start without)."""
     ipv6_router_advertisements: bool = True
     """Answer router solicitations (iPXE otherwise waits ~13 s for IPv6)."""
     dnsmasq: str = "dnsmasq"

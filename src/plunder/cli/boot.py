@@ -36,6 +36,13 @@ from plunder.cli import options
 @click.option("--range-start", type=IPv4Address, default=None, help="Default: .100")
 @click.option("--range-end", type=IPv4Address, default=None, help="Default: .199")
 @click.option("--router", type=IPv4Address, default=None, help="Gateway handed out (full).")
+@click.option(
+    "--dns-server",
+    "dns_servers",
+    type=IPv4Address,
+    multiple=True,
+    help="A name server handed out (full); repeat for several.",
+)
 @click.option("--netns", default=None, help="The provisioning network is this namespace.")
 @click.option(
     "--run-dir",
@@ -68,6 +75,7 @@ def boot(
     range_start: IPv4Address | None,
     range_end: IPv4Address | None,
     router: IPv4Address | None,
+    dns_servers: tuple[IPv4Address, ...],
     netns: str | None,
     run_dir: Path,
     files_dir: Path | None,
@@ -91,6 +99,7 @@ def boot(
             range_start=range_start,
             range_end=range_end,
             router=router,
+            dns_servers=dns_servers,
             netns=netns,
         ),
     )

@@ -11,6 +11,7 @@ from typing import Literal
 
 import click
 import httpx2 as httpx
+import yaml
 from lightkube.core.exceptions import ConfigError
 from rich.console import Console
 from rich.table import Table
@@ -49,7 +50,8 @@ def cli(verbose: bool) -> None:
 @click.option(
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Write one file per CRD here (as config/crd/bases) instead of printing them.",
+    help="Write one file per CRD here (as config/crd/bases), and the admission policies to "
+    "config/policy beside it, instead of printing the CRDs.",
 )
 def crds(output_dir: Path | None) -> None:
     """Print the CustomResourceDefinitions, generated from the API models."""
@@ -61,6 +63,21 @@ def crds(output_dir: Path | None) -> None:
         path = output_dir / crdgen.crd_file_name(kind)
         path.write_text(crdgen.render(crdgen.custom_resource_definition(kind)))
         err_console.print(f"wrote {path}")
+    policies_file = output_dir.parent.parent / "policy" / POLICIES_FILE
+    policies_file.parent.mkdir(exist_ok=True)
+    policies_file.write_text(render_policies())
+    err_console.print(f"wrote {policies_file}")
+
+
+POLICIES_FILE = "policies.yaml"
+
+
+def render_policies() -> str:
+    """config/policy/policies.yaml: the admission policies a CRD cannot hold, as YAML."""
+    from plunder.api import policies
+
+    header = "# Generated from src/plunder/api/policies.py by `make crds`; do not edit.\n"
+    return header + yaml.safe_dump_all(policies.all_policies(), sort_keys=False)
 
 
 @cli.command()
@@ -77,16 +94,26 @@ def crds(output_dir: Path | None) -> None:
     default=None,
     help="The Lease's namespace (default: --namespace, else the pod's, else default).",
 )
+@click.option(
+    "--provisioning-timeout",
+    type=click.FloatRange(min=1),
+    default=1800,
+    show_default=True,
+    help="Seconds from the start of provisioning to the installed OS's phone home; then the "
+    "host goes to error (ProvisioningTimeout).",
+)
 def controller(
     kubeconfig: Path | None,
     namespace: str | None,
     liveness_port: int | None,
     leader_elect: bool,
     leader_election_namespace: str | None,
+    provisioning_timeout: float,
 ) -> None:
     """Run the controllers (kopf operator) until SIGTERM."""
     from plunder.k8s import client as k8s_client
     from plunder.k8s import crds as k8s_crds
+    from plunder.operator import deadline
     from plunder.operator.main import run_operator
 
     if kubeconfig is not None:
@@ -101,6 +128,7 @@ def controller(
     lease_namespace = None
     if leader_elect:
         lease_namespace = leader_election_namespace or namespace or _pod_namespace() or "default"
+    deadline.SETTINGS.provisioning_timeout_s = provisioning_timeout
     run_operator(namespace, liveness_port, lease_namespace)
 
 
@@ -143,7 +171,7 @@ def _lab_module() -> ModuleType:
     type=int,
     default=3,
     show_default=True,
-    help="Blank virtual bare-metal hosts (every third boots UEFI); 0: none, and no "
+    help="Blank virtual bare-metal hosts (the second of every three boots UEFI); 0: none, and no "
     "provisioning network or boot service.",
 )
 @click.option(
@@ -165,7 +193,7 @@ def _lab_module() -> ModuleType:
     type=click.Choice(["mixed", "bios", "uefi"]),
     default="mixed",
     show_default=True,
-    help="The hosts' firmware; mixed: every third host boots UEFI.",
+    help="The hosts' firmware; mixed: the second of every three hosts boots UEFI.",
 )
 def lab_up(
     lab_dir: Path | None,
@@ -212,6 +240,34 @@ def lab_up(
     console.print("Stop it with: plunderctl lab down")
 
 
+@lab.command("cluster")
+@_LAB_DIR
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=3600,
+    show_default=True,
+    help="Seconds to wait for the cluster's Nodes to be Ready.",
+)
+def lab_cluster(lab_dir: Path | None, timeout: float) -> None:
+    """The seed's walkthrough: apply examples/simple/ and wait for a working cluster."""
+    from plunder.k8s import client as k8s_client
+    from plunder.lab import lab as lab_module
+    from plunder.lab import walkthrough
+
+    folder = lab_dir or lab_module.default_lab_dir()
+    client = k8s_client.sync_client(folder / "kubeconfig")
+    try:
+        workload = walkthrough.run(folder, client, console.print, timeout)
+    except walkthrough.WalkthroughError as error:
+        err_console.print(f"[red]{error}[/red]")
+        sys.exit(1)
+    console.print(f"[green]The cluster {walkthrough.CLUSTER} works[/green]. Use it with:")
+    console.print(f"  kubectl --kubeconfig {workload} get nodes", soft_wrap=True)
+    name = walkthrough.CLUSTER
+    console.print(f"  (or: clusterctl get kubeconfig {name} > {name}.kubeconfig)")
+
+
 @lab.command("down")
 @_LAB_DIR
 def lab_down(lab_dir: Path | None) -> None:
@@ -255,7 +311,7 @@ def lab_status(lab_dir: Path | None) -> None:
 )
 def lab_build(build_all: bool) -> None:
     """Build (once) the Go programs the lab runs, into the version-keyed cache."""
-    from plunder.lab import binaries
+    from plunder.images import binaries
 
     names = tuple(binaries.PROGRAMS) if build_all else binaries.PLANE_PROGRAMS
     for name, path in binaries.ensure_binaries(names).items():
@@ -271,7 +327,7 @@ def agent() -> None:
 @click.option("--force", is_flag=True, help="Build again even if cached.")
 def agent_build(force: bool) -> None:
     """Build (once, cached by version) the agent's kernel and initramfs from Debian's packages."""
-    from plunder.agent.build import AGENT_VERSION, build_agent
+    from plunder.images.agent import AGENT_VERSION, build_agent
 
     built = build_agent(force=force)
     console.print(
@@ -281,19 +337,29 @@ def agent_build(force: bool) -> None:
 
 @cli.group()
 def image() -> None:
-    """The Debian + cloud-init disk image the lab installs on hosts."""
+    """The disk images the lab installs on hosts: Debian + cloud-init, and a Kubernetes node."""
 
 
 @image.command("build")
 @click.option("--force", is_flag=True, help="Build again even if cached.")
-def image_build(force: bool) -> None:
-    """Build (once, cached by version) the OS image with debootstrap from Debian's mirror."""
-    from plunder.lab.osimage import build_os_image
+@click.option(
+    "--flavour",
+    type=click.Choice(["base", "node"]),
+    default="base",
+    show_default=True,
+    help="base: Debian 12 + cloud-init; node: that plus Kubernetes, containerd and the "
+    "control-plane images kubeadm asks for, preloaded.",
+)
+def image_build(force: bool, flavour: str) -> None:
+    """Build (once, cached by version) an OS image with debootstrap from Debian's mirror."""
+    from plunder.images.nodeimage import build_node_image
+    from plunder.images.osimage import build_os_image
 
-    built = build_os_image(force=force)
+    built = build_node_image(force=force) if flavour == "node" else build_os_image(force=force)
     console.print(
         f"raw:      {built.path}\n  sha256: {built.sha256}\n"
-        f"raw-gzip: {built.gz_path}\n  sha256: {built.sha256_gz}",
+        f"raw-gzip: {built.gz_path}\n  sha256: {built.sha256_gz}\n"
+        f"raw-lzop: {built.lzo_path}\n  sha256: {built.sha256_lzo}",
         soft_wrap=True,
     )
 
@@ -307,7 +373,7 @@ def installer() -> None:
 @click.option("--force", is_flag=True, help="Fetch again even if cached.")
 def installer_build(force: bool) -> None:
     """Fetch (once, cached by version) the Debian installer's netboot kernel and initrd."""
-    from plunder.lab.installer import PACKAGE, PACKAGE_VERSION, build_debian_installer
+    from plunder.images.installer import PACKAGE, PACKAGE_VERSION, build_debian_installer
 
     built = build_debian_installer(force=force)
     console.print(

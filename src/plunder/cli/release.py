@@ -16,7 +16,7 @@ import click
 import yaml
 
 from plunder import __version__
-from plunder.lab import binaries
+from plunder.images import binaries
 
 PROVIDER = "infrastructure-plunder"
 COMPONENTS_FILE = "infrastructure-components.yaml"
@@ -34,16 +34,23 @@ def release_version() -> str:
 
 
 def render_components(root: Path | None = None) -> str:
-    """``kubectl kustomize config/default``, with a header saying where it comes from."""
+    """``kubectl kustomize`` of config/default and config/policy, with a header.
+
+    The admission policies are cluster-scoped and kept out of config/default, whose namespace
+    transformer does not know their kind and would give them a namespace.
+    """
     root = root or binaries.repository_root()
     kubectl = binaries.ensure_binary("kubectl")
-    built = subprocess.run(
-        [str(kubectl), "kustomize", str(root / "config" / "default")],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return HEADER + built.stdout
+    built = [
+        subprocess.run(
+            [str(kubectl), "kustomize", str(root / "config" / folder)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for folder in ("default", "policy")
+    ]
+    return HEADER + "---\n".join(built)
 
 
 def write_components(root: Path | None = None) -> Path:

@@ -10,9 +10,13 @@ from typing import Any
 import yaml
 from lightkube import Client
 from lightkube.core.exceptions import ApiError
+from lightkube.resources.admissionregistration_v1 import (
+    ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+)
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 
-from plunder.api import crdgen
+from plunder.api import crdgen, policies
 
 
 def apply_crds(client: Client, crds: Iterable[dict[str, Any]]) -> list[str]:
@@ -46,12 +50,27 @@ def wait_established(client: Client, names: Iterable[str], timeout: float = 60.0
 
 
 def install_plunder_crds(client: Client) -> list[str]:
-    """Apply every CRD of this project and wait until they serve."""
+    """Apply every CRD of this project and its admission policies; wait until the CRDs serve."""
     names = apply_crds(
         client, (crdgen.custom_resource_definition(kind) for kind in crdgen.ALL_KINDS)
     )
     wait_established(client, names)
+    apply_policies(client)
     return names
+
+
+def apply_policies(client: Client) -> None:
+    """Server-side apply the rules a CRD cannot hold (:mod:`plunder.api.policies`)."""
+    for document in policies.all_policies():
+        kind = document["kind"]
+        if kind == "ValidatingAdmissionPolicy":
+            policy = ValidatingAdmissionPolicy.from_dict(document)
+            assert isinstance(policy, ValidatingAdmissionPolicy)  # from_dict is typed too loosely
+            client.apply(policy, force=True)
+        else:
+            binding = ValidatingAdmissionPolicyBinding.from_dict(document)
+            assert isinstance(binding, ValidatingAdmissionPolicyBinding)
+            client.apply(binding, force=True)
 
 
 def install_crd_files(client: Client, paths: Iterable[Path]) -> list[str]:

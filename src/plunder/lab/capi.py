@@ -38,8 +38,9 @@ from lightkube.resources.admissionregistration_v1 import (
     ValidatingWebhookConfiguration,
 )
 
+from plunder.images import binaries
 from plunder.k8s import crds
-from plunder.lab import binaries, processes
+from plunder.lab import processes
 from plunder.lab.pki import PlanePKI, issue_serving_certificate
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class ClusterAPIManager:
     """One of Cluster API's managers: its program, its source folder and its release prefix."""
 
     program: str
-    """The program's name in :data:`plunder.lab.binaries.PROGRAMS`."""
+    """The program's name in :data:`plunder.images.binaries.PROGRAMS`."""
     component: str
     """Its folder in the Cluster API module (config/crd and config/webhook are under it)."""
     prefix: str
@@ -62,10 +63,19 @@ class ClusterAPIManager:
     """The flag that places its health endpoint."""
     feature_gates: str | None = FEATURE_GATES
     """Its ``--feature-gates`` (None: it has no such flag)."""
+    sync_period: str | None = None
+    """Its ``--sync-period`` (None: its default, 10 minutes)."""
 
+
+CORE_SYNC_PERIOD = "1m"
+"""The core manager's resync. Its Machine controller watches a workload cluster's Nodes only once
+the control plane is initialized, and a Cluster without a KubeadmControlPlane (the seed's
+walkthrough: plain Machines) is initialized only when a control-plane Machine has its nodeRef:
+the first nodeRef is therefore set by a resync, not by the Node's event (10 minutes by default,
+seen here: the Node Ready at 20:11:30, its Machine still without a nodeRef at 20:19)."""
 
 MANAGERS = (
-    ClusterAPIManager("capi-manager", "core", "capi-"),
+    ClusterAPIManager("capi-manager", "core", "capi-", sync_period=CORE_SYNC_PERIOD),
     ClusterAPIManager("kubeadm-bootstrap-manager", "bootstrap/kubeadm", "capi-kubeadm-bootstrap-"),
     ClusterAPIManager(
         "kubeadm-control-plane-manager", "controlplane/kubeadm", "capi-kubeadm-control-plane-"
@@ -123,6 +133,8 @@ def manager_argv(
     ]
     if manager.feature_gates is not None:
         argv.append(f"--feature-gates={manager.feature_gates}")
+    if manager.sync_period is not None:
+        argv.append(f"--sync-period={manager.sync_period}")
     return argv
 
 

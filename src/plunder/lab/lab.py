@@ -21,13 +21,16 @@ from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
 from typing import Literal
 
-from plunder.agent.build import build_agent
 from plunder.boot import netns
+from plunder.images import binaries
+from plunder.images.agent import build_agent
+from plunder.images.diskboot import build_disk_boot
+from plunder.images.installer import build_debian_installer
+from plunder.images.nodeimage import build_node_image
+from plunder.images.osimage import OSImage, build_os_image
 from plunder.k8s import client as k8s_client
 from plunder.k8s import crds
-from plunder.lab import binaries, bmc, capi, hypervisor, network, processes, vms
-from plunder.lab.installer import build_debian_installer
-from plunder.lab.osimage import build_os_image
+from plunder.lab import bmc, capi, hypervisor, network, processes, vms
 from plunder.lab.plane import PlanePorts, start_plane
 
 # The order they are stopped in.
@@ -54,16 +57,34 @@ FirmwareMix = Literal["mixed", "bios", "uefi"]
 
 
 def host_specs(count: int, mix: FirmwareMix = "mixed") -> list[vms.VMSpec]:
-    """``count`` blank hosts; ``mixed``: every third one boots UEFI, the others legacy BIOS."""
+    """``count`` blank hosts; ``mixed``: the second of every three boots UEFI, the others BIOS.
+
+    So a lab of two or more hosts has both firmwares, and a cluster of two machines uses both.
+    """
     specs = []
     for i in range(count):
         mac = HOST_MACS[i] if i < len(HOST_MACS) else f"52:54:00:a5:00:{i:02x}"
-        firmware: vms.Firmware = ("uefi" if i % 3 == 2 else "bios") if mix == "mixed" else mix
+        firmware: vms.Firmware = ("uefi" if i % 3 == 1 else "bios") if mix == "mixed" else mix
         # Two vCPUs: QEMU runs each on its own thread (multi-threaded TCG), so the agent's
         # download | check | gunzip | write pipeline runs in parallel. Measured here: the 1 GiB
         # image was written in 104 s instead of 190 s, and provisioned in 146 s instead of 231 s.
-        specs.append(vms.VMSpec(name=f"plunder-host-{i + 1}", mac=mac, firmware=firmware, cpus=2))
+        # 2 GiB and an 8 GiB disk: what kubeadm asks of a control-plane node (2 CPUs, 1.7 GB),
+        # and room for the node image, its containers and their logs.
+        specs.append(
+            vms.VMSpec(
+                name=f"plunder-host-{i + 1}",
+                mac=mac,
+                firmware=firmware,
+                cpus=2,
+                memory_mib=HOST_MEMORY_MIB,
+                disk_gib=HOST_DISK_GIB,
+            )
+        )
     return specs
+
+
+HOST_MEMORY_MIB = 2048
+HOST_DISK_GIB = 8
 
 
 @dataclass(frozen=True)
@@ -175,9 +196,13 @@ def _start_hosts(lab_dir: Path, options: LabOptions, kubeconfig: Path) -> tuple[
     files = lab_dir / "files"
     publish_agent(files)
     publish_os_image(files)
+    publish_node_image(files)
     publish_installer(files)
     net = network.create_network(options.netns, options.ipv4, options.ipv6)
     address = net.ipv4_address
+    # The management plane's way to the workload clusters on the hosts: the subnet's last address.
+    subnet = IPv4Interface(options.ipv4).network
+    network.add_uplink(net, f"{subnet.broadcast_address - 1}/{subnet.prefixlen}")
     boot = processes.start(
         "boot",
         [
@@ -199,6 +224,12 @@ def _start_hosts(lab_dir: Path, options: LabOptions, kubeconfig: Path) -> tuple[
             str(IPv4Interface(options.ipv4).network),
             "--dhcp",
             options.dhcp,
+            # A default route and a name server, as a site's DHCP gives: Kubernetes nodes need
+            # both (kubelet's address, CoreDNS). Nothing is routed or answered past the lab.
+            "--router",
+            address,
+            "--dns-server",
+            address,
             "--run-dir",
             str(lab_dir / "boot"),
             "--files-dir",
@@ -245,6 +276,7 @@ def publish_agent(files: Path) -> None:
     agent = build_agent()
     _publish(agent.kernel, files / "agent" / "vmlinuz")
     _publish(agent.initrd, files / "agent" / "initrd.img")
+    _publish(build_disk_boot(), files / "agent" / "disk-boot.efi")  # UEFI hosts' way to disk
 
 
 def publish_installer(files: Path) -> None:
@@ -257,16 +289,27 @@ def publish_installer(files: Path) -> None:
 OS_IMAGE_NAME = "debian-12.raw"
 
 
+NODE_IMAGE_NAME = "debian-12-kubernetes.raw"
+
+
 def publish_os_image(files: Path) -> None:
     """Build (once) the OS image; serve it raw, gzipped and lzop'd, each with its sha256."""
-    built = build_os_image()
+    _publish_image(build_os_image(), files, OS_IMAGE_NAME)
+
+
+def publish_node_image(files: Path) -> None:
+    """Build (once) the Kubernetes node image; serve it as the OS image is served."""
+    _publish_image(build_node_image(), files, NODE_IMAGE_NAME)
+
+
+def _publish_image(built: OSImage, files: Path, image_name: str) -> None:
     images = files / "images"
     for source, suffix, digest in (
         (built.path, "", built.sha256),
         (built.gz_path, ".gz", built.sha256_gz),
         (built.lzo_path, ".lzo", built.sha256_lzo),
     ):
-        name = OS_IMAGE_NAME + suffix
+        name = image_name + suffix
         _publish(source, images / name)
         (images / f"{name}.sha256").write_text(f"{digest}  {name}\n")
 

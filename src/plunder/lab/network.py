@@ -4,8 +4,12 @@ Virtual bare-metal hosts PXE-boot, so the lab runs a DHCP server; a DHCP server 
 answer on a real network. Everything the lab's hosts see therefore lives in a network namespace
 of its own: a bridge with an IPv4 and a private IPv6 address (the boot service listens there), the
 hosts' tap devices (libvirt adds them), and, when a test needs a second server in the same layer-2
-segment, a veth port. Nothing is routed out of the namespace, so two labs (a person's and a
-test's) can run at the same time, even with the same addresses.
+segment, a veth port. Nothing is routed out of the namespace; the one way in is the *uplink*
+(:func:`add_uplink`): a veth whose one end is a port of the bridge and whose other end, in the
+machine's own namespace, holds one address of the lab's subnet. It is how the management plane
+(Cluster API's managers) reaches the workload clusters' API servers on the hosts, as a real
+management cluster reaches its provisioning network. It adds a route to the lab's subnet only,
+so two labs can run at the same time as long as their subnets differ.
 
 All commands are ``ip``/``sysctl`` run as root; a failure raises :class:`NetworkError` with
 the command's own message.
@@ -13,6 +17,7 @@ the command's own message.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import secrets
 import subprocess
@@ -111,6 +116,8 @@ def delete_network(net: LabNetwork) -> None:
     """
     if namespace_exists(net.namespace):
         _run(["ip", "netns", "del", net.namespace])
+    # the uplink goes with its peer on the bridge; this catches a namespace kept by a process
+    subprocess.run(["ip", "link", "del", uplink_name(net)], capture_output=True, check=False)
 
 
 def add_veth_port(net: LabNetwork, name: str, ipv4_cidr: str) -> None:
@@ -134,6 +141,52 @@ def add_veth_port(net: LabNetwork, name: str, ipv4_cidr: str) -> None:
     _run(["ip", "-n", ns, "link", "set", peer, "master", net.bridge, "up"])
     _run(["ip", "-n", ns, "addr", "add", str(ipaddress.IPv4Interface(ipv4_cidr)), "dev", name])
     _run(["ip", "-n", ns, "link", "set", name, "up"])
+
+
+def uplink_name(net: LabNetwork) -> str:
+    """The uplink's name in the machine's namespace: unique per lab namespace."""
+    return "pl" + hashlib.sha256(net.namespace.encode()).hexdigest()[:8]
+
+
+def add_uplink(net: LabNetwork, ipv4_cidr: str) -> str:
+    """Join the machine's own namespace to the lab's bridge, at ``ipv4_cidr`` (in the lab subnet).
+
+    The end in the machine's namespace answers ARP only for its own address, so the hosts never
+    learn it for another. Deleting the lab's namespace deletes the bridge end, and with it this
+    one.
+
+    Returns:
+        The interface's name in the machine's namespace.
+
+    Raises:
+        NetworkError: The address is outside the lab's subnet, the subnet is already routed
+            here (another lab with the same subnet?), or a command failed.
+    """
+    address = ipaddress.IPv4Interface(ipv4_cidr)
+    if address.network != net.ipv4.network:
+        raise NetworkError(f"the uplink's {address} is not in the lab's {net.ipv4.network}")
+    routes = subprocess.run(
+        ["ip", "-4", "route", "show", str(address.network)], capture_output=True, text=True
+    )
+    if routes.stdout.strip():
+        raise NetworkError(
+            f"{address.network} is already routed on this machine ({routes.stdout.strip()}): "
+            "another lab with the same subnet? Choose another with --address"
+        )
+    name = uplink_name(net)
+    peer = f"{name}-br"
+    _run(["ip", "link", "add", name, "type", "veth", "peer", "name", peer])
+    try:
+        _run(["ip", "link", "set", peer, "netns", net.namespace])
+        _run(["ip", "-n", net.namespace, "link", "set", peer, "master", net.bridge, "up"])
+        for key, value in (("arp_ignore", "1"), ("arp_announce", "2")):
+            _run(["sysctl", "-q", "-w", f"net.ipv4.conf.{name}.{key}={value}"])
+        _run(["ip", "addr", "add", str(address), "dev", name])
+        _run(["ip", "link", "set", name, "up"])
+    except NetworkError:
+        subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+        raise
+    return name
 
 
 def _add_bridge(net: LabNetwork) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from plunder.lab import binaries, processes
+from plunder.images import binaries
+from plunder.lab import processes
 from plunder.lab.pki import PlanePKI, create_plane_pki
 
 

@@ -54,7 +54,7 @@ async def plunderhost_event(
     if change.status is None:
         return
     client: AsyncClient = memo.client
-    if not await _write_status(client, host, change.status, logger):
+    if not await write_status(client, host, change.status, logger):
         return
     if change.event is not None:
         reason, message, kind = change.event
@@ -70,7 +70,7 @@ async def plunderhost_event(
 _WRITE_ATTEMPTS = 5
 
 
-async def _write_status(
+async def write_status(
     client: AsyncClient, host: PlunderHost, status: dict[str, Any], logger: kopf.Logger
 ) -> bool:
     """Write the move, guarded by the resourceVersion it was decided on; whether it was written.

@@ -256,13 +256,23 @@ def phoned_home(host: PlunderHost, now: datetime) -> Change:
     )
 
 
+def provider_id(mac: str) -> str:
+    """The Cluster API providerID of the host with boot MAC ``mac``: ``plunder://<mac>``."""
+    return f"plunder://{mac}"
+
+
 def meta_data(host: PlunderHost) -> dict[str, str]:
-    """NoCloud meta-data: a new instance id for each provisioning, so cloud-init runs again."""
+    """NoCloud meta-data: a new instance id for each provisioning, so cloud-init runs again.
+
+    ``provider-id`` is what the kubelet registers its Node with (bootstrap data templates it as
+    ``{{ ds.meta_data.provider_id }}``, as CAPM3's do), so Cluster API finds the Machine's Node.
+    """
     name = host.spec.consumer_ref.name if host.spec.consumer_ref else host.metadata.name
     boot = host.status.agent_boot_id if host.status else None
     return {
         "instance-id": f"{host.metadata.uid or host.metadata.name}-{boot or 0}",
         "local-hostname": name or "plunder-host",
+        "provider-id": provider_id(host.spec.boot_mac_address),
     }
 
 
@@ -278,7 +288,10 @@ def network_config(host: PlunderHost) -> dict[str, Any] | None:
         "addresses": [f"{network.ip_address}/{network.prefix_length}"],
     }
     if network.gateway:
-        ethernet["routes"] = [{"to": "default", "via": network.gateway}]
+        # cloud-init 22.4 (Debian 12) refuses netplan's `to: default` ("not a valid ip
+        # network") and then drops the address too: name the default route by its prefix
+        default = "::/0" if ":" in str(network.gateway) else "0.0.0.0/0"
+        ethernet["routes"] = [{"to": default, "via": network.gateway}]
     if network.nameservers:
         ethernet["nameservers"] = {"addresses": list(network.nameservers)}
     return {"version": 2, "ethernets": {"provisioning": ethernet}}
@@ -413,3 +426,37 @@ def power_due(host: PlunderHost, done: str | None) -> PowerWish | None:
     """The wish still to be done, given the :attr:`PowerWish.mark` the power loop recorded last."""
     wish = power_wish(host)
     return wish if wish is not None and wish.mark != done else None
+
+
+PROVISIONING_TIMEOUT_REASON = "ProvisioningTimeout"
+
+
+def provisioning_deadline(host: PlunderHost, now: datetime, timeout_s: float) -> Change:
+    """``error`` with :data:`PROVISIONING_TIMEOUT_REASON` once provisioning took too long.
+
+    Provisioning ends with the installed OS's phone home; a host that never sends it (its
+    firmware stopped in a menu, the image does not boot, the network is cut) would otherwise
+    stay ``provisioning`` for good. A spec change retries it, as for every failure; deleting its
+    machine releases it to be wiped.
+    """
+    if state_of(host) != "provisioning":
+        return Change()
+    taken = phase_seconds(host, "provisioning", now)
+    if taken is None or taken < timeout_s:
+        return Change()
+    return failed(
+        host,
+        PROVISIONING_TIMEOUT_REASON,
+        f"no phone home from the installed OS within {timeout_s:.0f} s of the start of "
+        f"provisioning ({_last_phase(host)}); check the host's console",
+        now,
+    )
+
+
+def _last_phase(host: PlunderHost) -> str:
+    """The last phase the host reached, as a person reads it."""
+    phases = host.status.phases if host.status and host.status.phases else ()
+    if not phases:
+        return "no phase reached"
+    last = phases[-1]
+    return f"last phase: {last.name}, {'finished' if last.finished else 'not finished'}"

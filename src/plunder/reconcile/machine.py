@@ -33,7 +33,7 @@ from plunder.api.infrastructure import (
     PlunderMachine,
     PlunderMachineStatus,
 )
-from plunder.reconcile import conditions
+from plunder.reconcile import conditions, hoststate
 from plunder.reconcile.hoststate import PROVISION_REASON, EventSpec
 from plunder.reconcile.selection import Consumer, HostCandidate
 
@@ -224,7 +224,7 @@ RELEASE: dict[str, Any] = {
 
 def provider_id(host: HostCandidate) -> str:
     """``plunder://<boot MAC>``."""
-    return f"plunder://{host.mac}"
+    return hoststate.provider_id(host.mac)
 
 
 def binding_patch(machine: PlunderMachine, host: HostCandidate) -> dict[str, Any] | None:

@@ -109,6 +109,8 @@ def render_dnsmasq_conf(settings: BootSettings, leases: str, tftp_root: str) -> 
             lines.append(f"dhcp-option=option:router,{dhcp.router}")
         else:
             lines.append("dhcp-option=option:router")  # no gateway: the network is closed
+        if dhcp.dns_servers:
+            lines.append(f"dhcp-option=option:dns-server,{','.join(map(str, dhcp.dns_servers))}")
     else:
         lines += [
             f"dhcp-range={dhcp.network.network_address},proxy,{netmask}",

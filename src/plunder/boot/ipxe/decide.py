@@ -12,6 +12,8 @@ from plunder.reconcile import hoststate
 
 AGENT_KERNEL = "agent/vmlinuz"
 AGENT_INITRD = "agent/initrd.img"
+EFI_DISK_BOOT = "agent/disk-boot.efi"
+"""The EFI program that boots a UEFI host's disk (see plunder.images.diskboot), under /files/."""
 _AGENT_STATES = frozenset({"inspecting", "provisioning", "deprovisioning"})
 
 
@@ -62,7 +64,9 @@ def decide(
         return agent if agent_available else BootDecision("park", "discovered; waiting for work")
     state = hoststate.state_of(host)
     if state == "provisioned" or (state == "provisioning" and image_written(host)):
-        return BootDecision("disk", f"{state}; booting from disk")
+        return BootDecision(
+            "disk", f"{state}; booting from disk", kernel=f"{files_base}/{EFI_DISK_BOOT}"
+        )
     if installs(host) and host.spec.deployment_type is not None:
         target = install_target(host, server)
         return installer.boot_decision(target, host.spec.deployment_type, files_base, token)

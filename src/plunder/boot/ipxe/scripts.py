@@ -57,10 +57,14 @@ def render_script(decision: BootDecision, mac: str, http_base: str, poll_seconds
             f"prompt --timeout {poll_seconds * 1000} plunder: rebooting (reboot loop) ||\nreboot\n"
         )
     if decision.action == "disk":
-        # BIOS: boot the first disk's MBR; UEFI: leave iPXE and let the firmware try the next
-        # boot option (the disk). Either way the firmware, not iPXE, runs the installed OS.
+        # BIOS: boot the first disk's MBR. UEFI: chain to the EFI disk booter, which finds the
+        # disk's EFI loader itself (a freshly written disk has no firmware boot entry, so
+        # iPXE's `exit` would leave the host in the firmware's menu); without it, `exit`.
+        efi = f"chain --autofree {decision.kernel} || exit\n" if decision.kernel else "exit\n"
         return header + (
-            "iseq ${platform} efi && exit ||\nsanboot --no-describe --drive 0x80 || exit\n"
+            "iseq ${platform} efi && goto efi ||\n"
+            "sanboot --no-describe --drive 0x80 || exit\n"
+            f":efi\n{efi}"
         )
     if decision.kernel is None:
         raise ValueError("a kernel boot needs a kernel URL")

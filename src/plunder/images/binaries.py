@@ -94,6 +94,53 @@ PROGRAMS: dict[str, GoProgram] = {
             "sigs.k8s.io/cluster-api",
             _CAPI_VERSION_VARS,
         ),
+        # The node image's Kubernetes (static, so they also run inside its container images).
+        *(
+            GoProgram(
+                name, f"k8s.io/kubernetes/cmd/{name}", "k8s.io/kubernetes", _KUBE_VERSION_VARS
+            )
+            for name in (
+                "kubeadm",
+                "kubelet",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kube-proxy",
+            )
+        ),
+        # The node's container runtime: containerd v2 (Debian 12's 1.6 is too old for
+        # Kubernetes 1.36) and runc, which needs cgo for libseccomp (linked in statically).
+        *(
+            GoProgram(
+                name,
+                f"github.com/containerd/containerd/v2/cmd/{name}",
+                "github.com/containerd/containerd/v2",
+                ("github.com/containerd/containerd/v2/version.Version",),
+                tools="containerd",
+                tags=("no_btrfs", "no_devmapper", "no_zfs"),
+            )
+            for name in ("containerd", "ctr", "containerd-shim-runc-v2")
+        ),
+        GoProgram(
+            "runc",
+            "github.com/opencontainers/runc",
+            "github.com/opencontainers/runc",
+            tools="runc",
+            cgo=True,
+            tags=("seccomp", "netgo", "osusergo"),
+        ),
+        # The pod network: bridge + host-local addresses per node, plus loopback and portmap.
+        *(
+            GoProgram(
+                f"cni-{path.rsplit('/', 1)[1]}",
+                f"github.com/containernetworking/plugins/plugins/{path}",
+                "github.com/containernetworking/plugins",
+                tools="cni",
+            )
+            for path in ("main/bridge", "ipam/host-local", "main/loopback", "meta/portmap")
+        ),
+        GoProgram(
+            "coredns", "github.com/coredns/coredns", "github.com/coredns/coredns", tools="coredns"
+        ),
         GoProgram(
             "ipam-in-cluster-manager",
             IPAM_IN_CLUSTER_MODULE,
@@ -105,6 +152,31 @@ PROGRAMS: dict[str, GoProgram] = {
 }
 
 PLANE_PROGRAMS = ("etcd", "kube-apiserver", "kubectl")
+
+NODE_PROGRAMS = (
+    "kubeadm",
+    "kubelet",
+    "kubectl",
+    "containerd",
+    "ctr",
+    "containerd-shim-runc-v2",
+    "runc",
+    "cni-bridge",
+    "cni-host-local",
+    "cni-loopback",
+    "cni-portmap",
+)
+"""What the node image installs on the host itself."""
+
+CONTROL_PLANE_IMAGE_PROGRAMS = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
+    "etcd",
+    "coredns",
+)
+"""What the node image's preloaded control-plane container images run."""
 
 
 class BuildError(RuntimeError):

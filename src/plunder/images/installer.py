@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from plunder.lab import binaries
+from plunder.images import binaries
 
 log = logging.getLogger(__name__)
 

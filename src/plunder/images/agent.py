@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from plunder.lab import binaries
+from plunder.images import binaries
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ MODULES = (
 )
 """Modules the agent loads at start, besides what they depend on."""
 
-AGENT_SCRIPT = Path(__file__).with_name("agent.sh")
+AGENT_SCRIPT = Path(__file__).parents[1] / "agent" / "agent.sh"
 
 _CPIO_MTIME = 0
 _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")

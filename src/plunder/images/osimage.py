@@ -59,15 +59,15 @@ import subprocess
 import tempfile
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from plunder.lab import binaries
+from plunder.images import binaries
 
 log = logging.getLogger(__name__)
 
-IMAGE_VERSION = "6"
+IMAGE_VERSION = "7"
 """Bump whenever the recipe below changes: the version is part of the cached file's name."""
 
 SUITE = "bookworm"
@@ -304,9 +304,15 @@ def parse_checksum(text: str) -> str:
 # --- the files the image is configured with (pure) ---------------------------------------------
 
 
-def cloud_init_config() -> str:
-    """``/etc/cloud/cloud.cfg.d/90-plunder.cfg``: NoCloud only, two stages, networkd."""
-    init_modules = (
+def cloud_init_config(phone_home_early: bool = False) -> str:
+    """``/etc/cloud/cloud.cfg.d/90-plunder.cfg``: NoCloud only, two stages, networkd.
+
+    ``phone_home_early`` reports in at the end of the network stage instead of the final one:
+    on a Kubernetes node the final stage runs ``kubeadm``, which takes minutes under emulation
+    and belongs to the bootstrap provider (Cluster API watches for the Node), so "provisioned"
+    means the OS is up and on the network, not that its bootstrap script has finished.
+    """
+    init_modules: tuple[str, ...] = (
         "bootcmd",
         "write-files",
         "growpart",
@@ -319,7 +325,7 @@ def cloud_init_config() -> str:
         "ca-certs",
         "users-groups",
     )
-    final_modules = (
+    final_modules: tuple[str, ...] = (
         "write-files-deferred",
         "runcmd",  # the config stage is masked, so runcmd writes its script here, just in time
         "scripts-per-once",
@@ -330,8 +336,11 @@ def cloud_init_config() -> str:
         "final-message",
         "power-state-change",
     )
+    if phone_home_early:
+        init_modules += ("phone-home",)
+        final_modules = tuple(module for module in final_modules if module != "phone-home")
     lines = [
-        "# Written by plunder's image build (plunder/lab/osimage.py). The seed is read from",
+        "# Written by plunder's image build (plunder/images/osimage.py). The seed is read from",
         f"# {SEED_DIR}/ (meta-data, user-data, network-config).",
         "datasource_list: [NoCloud, None]",
         "disable_root: true",
@@ -591,7 +600,7 @@ def debugfs_seed_commands(files: dict[str, Path], removed: Sequence[str]) -> str
 # --- running programs --------------------------------------------------------------------------
 
 
-def _run(argv: Sequence[str], what: str, timeout: float = 1800) -> str:
+def run_program(argv: Sequence[str], what: str, timeout: float = 1800) -> str:
     """Run a program to completion and return its output.
 
     Raises:
@@ -612,10 +621,10 @@ def _run(argv: Sequence[str], what: str, timeout: float = 1800) -> str:
     return result.stdout
 
 
-def _chroot(tree: Path, *argv: str, what: str) -> str:
+def run_in_tree(tree: Path, *argv: str, what: str) -> str:
     """Run a program inside the image's tree, with a plain environment."""
     env_argv = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
-    return _run(["chroot", str(tree), *env_argv, *argv], what)
+    return run_program(["chroot", str(tree), *env_argv, *argv], what)
 
 
 def missing_build_tools() -> list[str]:
@@ -635,7 +644,29 @@ def missing_build_tools() -> list[str]:
 # --- the build ---------------------------------------------------------------------------------
 
 
-def build_os_image(force: bool = False) -> OSImage:
+@dataclass(frozen=True)
+class Recipe:
+    """One flavour of the image: what debootstrap installs, and what is added to the tree.
+
+    Attributes:
+        name: The cached file's stem; it carries the flavour's version.
+        packages: What debootstrap installs on top of ``minbase``.
+        customise: Called with the configured tree and the scratch folder, before the kernel
+            modules are pruned (the node image installs Kubernetes here).
+        phone_home_early: See :func:`cloud_init_config`.
+    """
+
+    name: str
+    packages: tuple[str, ...] = PACKAGES
+    customise: Callable[[Path, Path], None] | None = None
+    phone_home_early: bool = False
+
+
+BASE_RECIPE = Recipe(f"debian-12-cloudinit-{IMAGE_VERSION}")
+"""The plain Debian 12 + cloud-init image."""
+
+
+def build_os_image(force: bool = False, recipe: Recipe = BASE_RECIPE) -> OSImage:
     """Return the cached image, building it first if it is missing (or if ``force``).
 
     The build runs debootstrap, so it needs root and the Debian mirror; it takes a couple of
@@ -645,7 +676,7 @@ def build_os_image(force: bool = False) -> OSImage:
     Raises:
         ImageBuildError: A build step failed; the message names it and shows its output.
     """
-    target = image_path()
+    target = image_path() if recipe == BASE_RECIPE else image_path().with_name(f"{recipe.name}.raw")
     target.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(target.parent):
         if force or not _is_complete(target):
@@ -657,7 +688,7 @@ def build_os_image(force: bool = False) -> OSImage:
             started = time.monotonic()
             log.info("building %s (once; later runs reuse it)", target)
             with _workspace(target.parent) as workspace:
-                _build_into(workspace, target)
+                _build_into(workspace, target, recipe)
             log.info("built %s in %.1f s", target.name, time.monotonic() - started)
         return load_os_image(target)
 
@@ -724,17 +755,19 @@ def _mounts_under(folder: Path) -> list[Path]:
     return sorted(points, key=lambda p: len(p.parts), reverse=True)
 
 
-def _build_into(workspace: Path, target: Path) -> None:
+def _build_into(workspace: Path, target: Path, recipe: Recipe) -> None:
     """Every step, timed; the finished files are renamed next to ``target`` at the end."""
     tree = workspace / "root"
     disk = workspace / target.name
+    customise = recipe.customise
     steps = (
-        ("debootstrap", lambda: _debootstrap(tree, debian_mirror())),
-        ("configure", lambda: _configure_tree(tree)),
+        ("debootstrap", lambda: _debootstrap(tree, debian_mirror(), recipe.packages)),
+        ("configure", lambda: _configure_tree(tree, recipe.phone_home_early)),
+        *((("customise", lambda: customise(tree, workspace)),) if customise else ()),
         ("kernel modules", lambda: _prune_kernel_modules(tree)),
         (
             "initramfs",
-            lambda: _chroot(tree, "update-initramfs", "-u", "-k", "all", what="initramfs"),
+            lambda: run_in_tree(tree, "update-initramfs", "-u", "-k", "all", what="initramfs"),
         ),
         ("trim", lambda: _trim_tree(tree)),
         ("filesystem", lambda: _make_disk(tree, disk)),
@@ -748,25 +781,25 @@ def _build_into(workspace: Path, target: Path) -> None:
         log.info("image build: %s took %.1f s", name, time.monotonic() - started)
 
 
-def _debootstrap(tree: Path, mirror: str) -> None:
-    """Install Debian's minimal base and :data:`PACKAGES` into ``tree``."""
+def _debootstrap(tree: Path, mirror: str, packages: Sequence[str] = PACKAGES) -> None:
+    """Install Debian's minimal base and ``packages`` into ``tree``."""
     argv = [
         "debootstrap",
         "--variant=minbase",
-        f"--include={','.join(PACKAGES)}",
+        f"--include={','.join(packages)}",
         SUITE,
         str(tree),
         mirror,
     ]
     try:
-        _run(argv, f"debootstrap {SUITE} from {mirror}")
+        run_program(argv, f"debootstrap {SUITE} from {mirror}")
     except ImageBuildError as error:
         detail = tree / "debootstrap" / "debootstrap.log"
         tail = detail.read_text(errors="replace")[-3000:] if detail.exists() else ""
         raise ImageBuildError(f"{error}\n--- {detail} (end) ---\n{tail}") from error
 
 
-def _write(tree: Path, path: str, text: str, mode: int = 0o644) -> None:
+def write_into(tree: Path, path: str, text: str, mode: int = 0o644) -> None:
     """Write a file into the tree (``path`` is absolute inside the image)."""
     target = tree / path.lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -775,34 +808,34 @@ def _write(tree: Path, path: str, text: str, mode: int = 0o644) -> None:
     target.chmod(mode)
 
 
-def _configure_tree(tree: Path) -> None:
+def _configure_tree(tree: Path, phone_home_early: bool = False) -> None:
     """Write the image's configuration and mask what it does not need."""
-    _write(tree, "/etc/cloud/cloud.cfg.d/90-plunder.cfg", cloud_init_config())
-    _write(tree, "/etc/systemd/network/90-plunder-dhcp.network", fallback_network_config())
-    _write(
+    write_into(tree, "/etc/cloud/cloud.cfg.d/90-plunder.cfg", cloud_init_config(phone_home_early))
+    write_into(tree, "/etc/systemd/network/90-plunder-dhcp.network", fallback_network_config())
+    write_into(
         tree,
         "/etc/systemd/system/systemd-networkd-wait-online.service.d/90-plunder.conf",
         wait_online_dropin(),
     )
-    _write(
+    write_into(
         tree, "/etc/systemd/system/cloud-init-local.service.d/90-plunder.conf", local_stage_dropin()
     )
-    _write(tree, "/etc/systemd/journald.conf.d/90-plunder.conf", journald_config())
-    _write(tree, "/etc/initramfs-tools/conf.d/90-plunder", initramfs_config())
-    _write(tree, "/etc/initramfs-tools/modules", initramfs_modules())
-    _write(tree, "/boot/extlinux/extlinux.conf", extlinux_config())
-    _write(tree, "/etc/fstab", fstab())
-    _write(tree, "/etc/hostname", "debian\n")
-    _write(tree, "/etc/hosts", "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost\n")
-    _write(tree, "/etc/machine-id", "", mode=0o444)  # each host makes its own at first boot
+    write_into(tree, "/etc/systemd/journald.conf.d/90-plunder.conf", journald_config())
+    write_into(tree, "/etc/initramfs-tools/conf.d/90-plunder", initramfs_config())
+    write_into(tree, "/etc/initramfs-tools/modules", initramfs_modules())
+    write_into(tree, "/boot/extlinux/extlinux.conf", extlinux_config())
+    write_into(tree, "/etc/fstab", fstab())
+    write_into(tree, "/etc/hostname", "debian\n")
+    write_into(tree, "/etc/hosts", "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost\n")
+    write_into(tree, "/etc/machine-id", "", mode=0o444)  # each host makes its own at first boot
     (tree / "etc/resolv.conf").unlink(missing_ok=True)
     (tree / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
     (tree / SEED_DIR.relative_to("/")).mkdir(parents=True, exist_ok=True)
     enabled = ("systemd-networkd.service", "systemd-resolved.service")
-    _chroot(tree, "systemctl", "enable", *enabled, what="enable units")
-    _chroot(tree, "systemctl", "mask", *MASKED_UNITS, what="mask units")
+    run_in_tree(tree, "systemctl", "enable", *enabled, what="enable units")
+    run_in_tree(tree, "systemctl", "mask", *MASKED_UNITS, what="mask units")
     _enable_cloud_init_without_generator(tree)
-    _chroot(tree, "passwd", "--lock", "root", what="lock root's password")
+    run_in_tree(tree, "passwd", "--lock", "root", what="lock root's password")
 
 
 def _enable_cloud_init_without_generator(tree: Path) -> None:
@@ -829,7 +862,7 @@ def _prune_kernel_modules(tree: Path) -> None:
             for child in folder.iterdir() if folder.is_dir() else ():
                 if child.is_dir() and child.name not in kept:
                     shutil.rmtree(child)
-        _chroot(tree, "depmod", "-a", kernel_dir.name, what=f"depmod {kernel_dir.name}")
+        run_in_tree(tree, "depmod", "-a", kernel_dir.name, what=f"depmod {kernel_dir.name}")
 
 
 def _trim_tree(tree: Path) -> None:
@@ -860,7 +893,7 @@ def _make_disk(tree: Path, disk: Path) -> None:
         signature = int.from_bytes(os.urandom(4), "little")
         file.write(render_mbr(MBR_CODE.read_bytes(), [root, esp], signature))
     offset = PARTITION_START_SECTOR * SECTOR_BYTES
-    _run(
+    run_program(
         [
             "mkfs.ext4",
             "-q",
@@ -894,7 +927,7 @@ def _make_esp(disk: Path, workspace: Path) -> None:
     config, efi, esp = workspace / "grub.cfg", workspace / "BOOTX64.EFI", workspace / "esp.fat"
     config.write_text(grub_config())
     modules = "linux normal search search_label part_msdos ext2 configfile memdisk boot"
-    _run(
+    run_program(
         [
             "grub-mkstandalone",
             "-O",
@@ -910,9 +943,9 @@ def _make_esp(disk: Path, workspace: Path) -> None:
         ],
         "grub-mkstandalone",
     )
-    _run(["mkfs.fat", "-C", str(esp), str(ESP_SECTORS * SECTOR_BYTES // 1024)], "mkfs.fat")
-    _run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], "mmd")
-    _run(["mcopy", "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], "mcopy")
+    run_program(["mkfs.fat", "-C", str(esp), str(ESP_SECTORS * SECTOR_BYTES // 1024)], "mkfs.fat")
+    run_program(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], "mmd")
+    run_program(["mcopy", "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], "mcopy")
     with disk.open("r+b") as file:
         file.seek(ESP_START_SECTOR * SECTOR_BYTES)
         file.write(esp.read_bytes())
@@ -922,21 +955,23 @@ def _install_bootloader(disk: Path, mount_point: Path) -> None:
     """Install extlinux into the root filesystem (the one step that needs it mounted)."""
     mount_point.mkdir()
     offset = PARTITION_START_SECTOR * SECTOR_BYTES
-    _run(
+    run_program(
         ["mount", "-t", "ext4", "-o", f"loop,offset={offset}", str(disk), str(mount_point)],
         "loop-mount the root filesystem for extlinux",
     )
     try:
-        _run(["extlinux", "--install", str(mount_point / "boot/extlinux")], "extlinux --install")
+        run_program(
+            ["extlinux", "--install", str(mount_point / "boot/extlinux")], "extlinux --install"
+        )
     finally:
-        _run(["umount", str(mount_point)], "unmount the root filesystem")
+        run_program(["umount", str(mount_point)], "unmount the root filesystem")
 
 
 def _compress_and_publish(disk: Path, target: Path) -> None:
     """Gzip and lzop the disk, write the checksums, and rename everything into place (raw last)."""
     gz_temp, lzo_temp = compressed_path(disk), lzop_path(disk)
     raw_digest, gz_digest = _gzip_with_digests(disk, gz_temp)
-    _run(["lzop", "-q", "-f", "-o", str(lzo_temp), str(disk)], "lzop the image")
+    run_program(["lzop", "-q", "-f", "-o", str(lzo_temp), str(disk)], "lzop the image")
     for temp, target_path, digest in (
         (gz_temp, compressed_path(target), gz_digest),
         (lzo_temp, lzop_path(target), _sha256_of(lzo_temp)),
@@ -999,8 +1034,12 @@ def write_nocloud_seed(
             sources[name].write_text(text)
         script = Path(scratch) / "commands"
         script.write_text(debugfs_seed_commands(sources, removed))
-        _run(["debugfs", "-w", "-f", str(script), device], f"write the NoCloud seed into {image}")
+        run_program(
+            ["debugfs", "-w", "-f", str(script), device], f"write the NoCloud seed into {image}"
+        )
     for name, text in contents.items():
-        written = _run(["debugfs", "-R", f"cat {SEED_DIR / name}", device], f"read back {name}")
+        written = run_program(
+            ["debugfs", "-R", f"cat {SEED_DIR / name}", device], f"read back {name}"
+        )
         if written != text:
             raise ImageBuildError(f"{name} in {image} does not read back as written")
