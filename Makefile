@@ -3,7 +3,7 @@
 #               provider, the boot service, 3 blank hosts), then run the seed's walkthrough
 #               (kubectl apply -f examples/simple/) to a working Kubernetes cluster on the hosts
 #   make test   set up what is missing, then run every check and test (what CI runs)
-.PHONY: lab lab-up lab-down setup test lint typecheck unit crds release
+.PHONY: lab lab-up lab-down setup test lint typecheck install-check unit crds release
 
 PY := .venv/bin
 
@@ -27,8 +27,23 @@ lint:
 typecheck:
 	$(PY)/mypy
 
-test: setup lint typecheck
+test: setup lint typecheck install-check
 	$(PY)/pytest -ra
+
+# What the code imports, the package declares: install it (not editable) into a throwaway venv
+# without the dev extra and import every module but the lab's; then add the lab extra (what
+# `plunderctl lab up` needs) and import the lab's modules too.
+CHECK_VENV := build/install-check
+install-check:
+	rm -rf $(CHECK_VENV)
+	python3 -m venv $(CHECK_VENV)
+	$(CHECK_VENV)/bin/pip install -q -c constraints.txt .
+	$(CHECK_VENV)/bin/python tests/install_check.py --without plunder.lab
+	! $(CHECK_VENV)/bin/plunderctl lab status --dir $(CHECK_VENV)/lab 2>$(CHECK_VENV)/lab.err
+	grep -q "needs the lab extra" $(CHECK_VENV)/lab.err
+	$(CHECK_VENV)/bin/pip install -q -c constraints.txt '.[lab]'
+	$(CHECK_VENV)/bin/python tests/install_check.py
+	$(CHECK_VENV)/bin/plunderctl lab up --help >/dev/null
 
 unit: setup
 	$(PY)/pytest tests/unit

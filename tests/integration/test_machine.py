@@ -9,12 +9,17 @@ bootstrap Secret) and the hosts' agent (:class:`Agent`).
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 import pytest
 from lightkube import Client
 from lightkube.types import PatchType
 
+from plunder.api.inventory import PlunderHost
 from plunder.lab.plane import Plane
 from plunder.operator.machine_delete import FINALIZER
+from plunder.reconcile import hoststate
 from tests.integration.test_machine_world import (
     HOSTS,
     IMAGE,
@@ -158,6 +163,53 @@ def test_delete_during_provisioning_releases_and_wipes_the_host(
     assert player.wiped == 1
     for field in ("consumerRef", "image", "userData", "network"):
         assert field not in host["spec"], field
+
+
+def test_a_machine_whose_host_failed_keeps_its_finalizer_until_the_host_is_wiped(
+    plane: Plane, kube: Client, namespace: str
+) -> None:
+    """No agent plays here: the test reports the host's failures and its wipe itself.
+
+    Before, a released host seen in ``error`` let the finalizer go; here the controller sends
+    it back to ``deprovisioning`` at once, so that was a race this test rarely loses:
+    tests/unit/test_machine_delete.py holds the host in ``error`` to show it every time.
+    """
+    create_cluster(kube, namespace)
+    create_host(kube, namespace, "h0", "00:50:56:a5:11:20")
+    create_machine(kube, namespace, "m0")
+
+    def host() -> PlunderHost:
+        return PlunderHost.model_validate(hosts(kube, namespace)[0])
+
+    def report(fields: dict[str, str], state: str) -> None:
+        """The agent's report, once the host is in ``state`` (guarded, as the boot service)."""
+        wait_for(lambda: hoststate.state_of(host()) == state, what=f"host {state}")
+        current = host()
+        change = hoststate.agent_progress(current, fields, datetime.now(UTC))
+        assert change.status is not None
+        kube.patch(
+            HOSTS.Status,
+            "h0",
+            {
+                "metadata": {"resourceVersion": current.metadata.resource_version},
+                "status": change.status,
+            },
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+
+    report({"phase": "failed", "reason": "ChecksumMismatch", "message": "bad"}, "provisioning")
+    kube.delete(MACHINES, "m0", namespace=namespace)
+    # Released, the failed host is wiped (deprovisioning); the wipe fails too; it is retried.
+    report(
+        {"phase": "failed", "reason": "WipeFailed", "message": "zeroing failed"}, "deprovisioning"
+    )
+    time.sleep(3)
+    assert not machine_gone(kube, namespace, "m0"), "the finalizer went before the wipe"
+    assert FINALIZER in machine(kube, namespace, "m0")["metadata"]["finalizers"]
+    report({"phase": "done", "reason": "Wiped", "message": "metadata wipe"}, "deprovisioning")
+    wait_for(lambda: machine_gone(kube, namespace, "m0"), what="machine deleted after the wipe")
+    assert hoststate.state_of(host()) == "available"
 
 
 def test_delete_finishes_when_the_host_vanished(plane: Plane, kube: Client, namespace: str) -> None:

@@ -423,7 +423,7 @@ class Agent(threading.Thread):
                 random.uniform(low, high), self.phone_home, (host.metadata.name,)
             ).start()
         elif state == "deprovisioning":
-            change = hoststate.agent_progress(host, {"phase": "done"}, now)
+            change = hoststate.agent_progress(host, {"phase": "done", "reason": "Wiped"}, now)
             if self.write(host, change.status):
                 self.wiped += 1
 

@@ -8,11 +8,17 @@ answers. The hanging one must not hold up the others, and the password must neve
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +26,18 @@ import pytest
 from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
+from lightkube.types import PatchType
 
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.resources import as_dict, resource_for
 from plunder.lab import processes
 from plunder.lab.pki import create_plane_pki
-from tests.integration.test_controller import controller  # noqa: F401 - a fixture
+from plunder.operator import power
+from plunder.reconcile import hoststate
+from tests.integration.test_controller import (
+    controller,  # noqa: F401 - a fixture
+    controller_argv,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +165,111 @@ def test_bmc_faults_become_conditions_and_a_hanging_bmc_blocks_no_one(
 
     log = tmp_path / "controller.log"
     assert PASSWORD not in log.read_text(), "the controller logged a BMC password"
+
+
+FAKE_SYSTEM = "27946b59-9e44-4fa7-8e91-f3527a1ef094"
+
+
+@pytest.fixture
+def fake_redfish(tmp_path: Path) -> Iterator[str]:
+    """sushy-tools' Redfish emulator with its fake driver: one system, powered on, no auth."""
+    config = tmp_path / "sushy.conf"
+    system = {"uuid": FAKE_SYSTEM, "name": "h1", "power_state": "On", "nics": []}
+    config.write_text(
+        f"SUSHY_EMULATOR_FAKE_SYSTEMS = [{system!r}]\n"
+        f"SUSHY_EMULATOR_STATE_DIR = {str(tmp_path / 'sushy-state')!r}\n"
+    )
+    port = processes.free_port()
+    log = (tmp_path / "sushy.log").open("w")
+    argv = [sys.executable, "-m", "sushy_tools.emulator.main", "--fake", "--config", str(config)]
+    argv += ["--interface", "127.0.0.1", "--port", str(port)]
+    emulator = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/redfish/v1/Systems/{FAKE_SYSTEM}"
+    processes.wait_until(
+        processes.http_ok(url),
+        "sushy-emulator",
+        processes.Managed("sushy", emulator.pid, tmp_path / "sushy.log"),
+    )
+    yield url
+    emulator.kill()
+    emulator.wait()
+    log.close()
+
+
+@contextlib.contextmanager
+def controller_process(plane: Any, tmp_path: Path, name: str) -> Iterator[subprocess.Popen[str]]:
+    port = processes.free_port()
+    log_path = tmp_path / f"{name}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            controller_argv(plane.kubeconfig, port), stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+        managed = processes.Managed(name, process.pid, log_path)
+        processes.wait_until(processes.http_ok(f"http://127.0.0.1:{port}/healthz"), name, managed)
+        try:
+            yield process
+        finally:
+            process.kill()
+            process.wait()
+
+
+def test_a_controller_killed_between_the_move_and_the_power_action_still_power_cycles(
+    plane: Any, kube: Client, namespace: str, fake_redfish: str, tmp_path: Path
+) -> None:
+    """Deprovisioning's power cycle follows from the state: the move alone is enough."""
+    kube.create(
+        Secret(
+            metadata=ObjectMeta(name="bmc-credentials", namespace=namespace),
+            stringData={"username": "admin", "password": PASSWORD},
+        )
+    )
+    address = fake_redfish.replace("http://", "redfish+http://")
+    kube.create(host_body("h1", "52:54:00:b1:00:01", address), namespace=namespace)
+    hosts = resource_for(PlunderHost)
+
+    def host() -> PlunderHost:
+        return PlunderHost.model_validate(as_dict(kube.get(hosts, "h1", namespace=namespace)))
+
+    def write(status: dict[str, Any] | None) -> None:
+        current = host()
+        assert status is not None
+        kube.patch(
+            hosts.Status,
+            "h1",
+            {"metadata": {"resourceVersion": current.metadata.resource_version}, "status": status},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+
+    # A provisioned host whose machine was deleted: the work is off it, and the controller's
+    # move to deprovisioning was written just before it was killed (so nothing else was).
+    write({"state": "provisioned", "firstSeen": "2026-11-25T12:00:00Z"})
+    change = hoststate.controller_decision(host(), datetime.now(UTC))
+    assert change.status is not None and change.status["state"] == "deprovisioning"
+    write(change.status)
+
+    def system() -> dict[str, Any]:
+        with urllib.request.urlopen(fake_redfish, timeout=5) as answer:
+            found: dict[str, Any] = json.load(answer)
+            return found
+
+    assert system()["Boot"]["BootSourceOverrideTarget"] == "Hdd"
+    with controller_process(plane, tmp_path, "controller-after-crash"):
+        powered_off = False
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            now = system()
+            powered_off = powered_off or now["PowerState"] == "Off"
+            if powered_off and now["Boot"]["BootSourceOverrideTarget"] == "Pxe":
+                break
+            time.sleep(0.1)
+        assert powered_off, "the host was never power-cycled for its wipe"
+        assert system()["Boot"]["BootSourceOverrideTarget"] == "Pxe"
+
+        def marked() -> str:
+            return (host().metadata.annotations or {}).get(power.DONE_ANNOTATION, "")
+
+        deadline = time.monotonic() + 20
+        while not marked() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marked().startswith("pxe-reboot deprovisioning@")

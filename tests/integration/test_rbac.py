@@ -107,7 +107,7 @@ def can_i(kubectl: list[str], who: str, verb: str, resource: str, namespace: str
         (CONTROLLER, "create", "plunderhosts.metal.plunder.dev", False),
         (BOOT, "create", "plunderhosts.metal.plunder.dev", True),
         (BOOT, "patch", "plunderhosts.metal.plunder.dev/status", True),
-        (BOOT, "get", "secrets", True),
+        (BOOT, "get", "secrets", False),  # only in its own namespace: below
         (BOOT, "create", "events", True),
         (BOOT, "delete", "plunderhosts.metal.plunder.dev", False),
         (BOOT, "update", "plunderhosts.metal.plunder.dev", False),
@@ -128,6 +128,15 @@ def test_the_boot_service_makes_its_key_only_in_its_own_namespace(
 ) -> None:
     assert can_i(kubectl, BOOT, "create", "secrets", SYSTEM)
     assert not can_i(kubectl, BOOT, "create", "secrets", "default")
+
+
+def test_the_boot_service_reads_secrets_only_in_the_namespace_it_serves(
+    components: None, kubectl: list[str]
+) -> None:
+    assert can_i(kubectl, BOOT, "get", "secrets", SYSTEM)
+    for namespace in ("default", "kube-system"):
+        assert not can_i(kubectl, BOOT, "get", "secrets", namespace), namespace
+    assert not can_i(kubectl, BOOT, "list", "secrets", SYSTEM)
 
 
 def test_the_controller_holds_its_lease_only_in_its_own_namespace(

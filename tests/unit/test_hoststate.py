@@ -164,8 +164,17 @@ def test_the_provisioned_condition_follows_the_host() -> None:
 def test_taking_the_work_away_deprovisions_and_a_wipe_makes_it_available() -> None:
     change = hoststate.controller_transition(host("provisioned"), NOW)
     assert change.status is not None and change.status["state"] == "deprovisioning"
-    done = hoststate.agent_progress(host("deprovisioning"), {"phase": "done"}, NOW)
+    wiped = {"phase": "done", "reason": "Wiped", "message": "metadata wipe of /dev/vda"}
+    done = hoststate.agent_progress(host("deprovisioning"), wiped, NOW)
     assert done.status is not None and done.status["state"] == "available"
+
+
+def test_a_done_that_is_not_a_wipe_never_returns_a_deprovisioning_host_to_the_pool() -> None:
+    # The agent was told to provision before the work was taken away: it reports its write.
+    written = {"phase": "done", "reason": "Provisioned", "bytes": "1048576"}
+    assert hoststate.agent_progress(host("deprovisioning"), written, NOW) == hoststate.Change()
+    # An installer's last step (preseed/kickstart) says only phase=done.
+    assert hoststate.agent_progress(host("deprovisioning"), {"phase": "done"}, NOW).status is None
 
 
 def test_cloud_init_data_for_the_installation() -> None:

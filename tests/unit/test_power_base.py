@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -113,29 +113,58 @@ def host(state: str | None, bmc: bool = True, **status: Any) -> PlunderHost:
     return PlunderHost.model_validate(body)
 
 
+def moved(base: PlunderHost, change: hoststate.Change) -> PlunderHost:
+    """``base`` after the controller wrote ``change``."""
+    assert change.status is not None
+    status = base.status.to_api() if base.status else {}
+    return PlunderHost.model_validate({**base.to_api(), "status": {**status, **change.status}})
+
+
 def test_provisioning_powers_on_into_the_agent_and_deprovisioning_power_cycles() -> None:
     available = host("available")
     available.spec.image = Image(url="http://images.example/os.raw")
     provisioning = hoststate.controller_decision(available, NOW)
     assert provisioning.status and provisioning.status["state"] == "provisioning"
-    assert provisioning.power == "pxe-on"
+    wish = hoststate.power_wish(moved(available, provisioning))
+    assert wish is not None and wish.action == "pxe-on"
+    assert wish.cycle == "provisioning@2026-11-25T12:00:00.000Z"
     deprovisioning = hoststate.controller_decision(host("provisioned"), NOW)
     assert deprovisioning.status and deprovisioning.status["state"] == "deprovisioning"
-    assert deprovisioning.power == "pxe-reboot"
+    wish = hoststate.power_wish(moved(host("provisioned"), deprovisioning))
+    assert wish is not None and wish.action == "pxe-reboot"
+    assert hoststate.power_wish(host("available")) is None
+    assert hoststate.power_wish(host("provisioned")) is None
+
+
+def test_the_power_action_follows_from_the_state_alone_and_is_done_once_per_entry() -> None:
+    """Level, not edge: the move is the only write; the power loop's mark says it was done."""
+    deprovisioning = moved(
+        host("provisioned"), hoststate.controller_decision(host("provisioned"), NOW)
+    )
+    due = hoststate.power_due(deprovisioning, done=None)
+    assert due is not None and due.action == "pxe-reboot"
+    assert hoststate.power_due(deprovisioning, done=due.mark) is None
+    # The next release of the same host is a new entry into deprovisioning: due again.
+    again = hoststate.controller_decision(host("provisioned"), NOW + timedelta(hours=1))
+    later = moved(host("provisioned"), again)
+    assert hoststate.power_due(later, done=due.mark) is not None
 
 
 def test_hosts_without_a_bmc_keep_their_network_boot_loop() -> None:
     change = hoststate.controller_decision(host("provisioned", bmc=False), NOW)
     assert change.status and change.status["state"] == "deprovisioning"
-    assert change.power is None
-    assert hoststate.controller_decision(host(None, bmc=False), NOW).power is None
+    assert hoststate.power_wish(moved(host("provisioned", bmc=False), change)) is None
+    assert hoststate.power_wish(host(None, bmc=False)) is None
 
 
 def test_a_host_created_with_only_a_bmc_is_powered_on_once_into_the_agent() -> None:
     first = hoststate.controller_decision(host(None), NOW)
-    assert first.power == "pxe-on"
     assert first.status == {"observedGeneration": 1}
+    assert first.event is not None and first.event[0] == "PoweringOn"
+    wish = hoststate.power_wish(host(None))
+    assert wish is not None and wish.action == "pxe-on"
     asked = host(None, observedGeneration=1)
     assert hoststate.controller_decision(asked, NOW) == hoststate.Change()
+    assert hoststate.power_due(asked, done=wish.mark) is None
     seen = host("discovered", firstSeen="2026-11-25T11:00:00Z")
-    assert hoststate.controller_decision(seen, NOW).power is None
+    assert hoststate.power_wish(seen) is None

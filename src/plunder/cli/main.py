@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 import click
@@ -142,6 +143,24 @@ def lab() -> None:
     """The local lab: management plane, controller (and, later, boot service and hosts)."""
 
 
+LAB_EXTRA_MODULES = frozenset({"bcrypt", "libvirt", "sushy_tools", "virtualbmc"})
+"""What the ``lab`` extra installs (the lab's emulated BMCs)."""
+
+
+def _lab_module() -> ModuleType:
+    """``plunder.lab.lab``, or a message saying to install the lab extra if it is missing."""
+    try:
+        from plunder.lab import lab as lab_module
+    except ModuleNotFoundError as error:
+        if error.name not in LAB_EXTRA_MODULES:
+            raise
+        raise click.ClickException(
+            f"plunderctl lab needs the lab extra (no module {error.name!r}): "
+            "pip install 'cluster-api-plunder[lab]' (from a checkout: pip install '.[lab]')"
+        ) from None
+    return lab_module
+
+
 @lab.command("up")
 @_LAB_DIR
 @click.option("--apiserver-port", type=int, default=6443, show_default=True)
@@ -188,7 +207,7 @@ def lab_up(
     firmware: Literal["mixed", "bios", "uefi"],
 ) -> None:
     """Start the lab and say how to use it."""
-    from plunder.lab import lab as lab_module
+    lab_module = _lab_module()
     from plunder.lab.plane import PlanePorts
 
     folder = lab_dir or lab_module.default_lab_dir()
@@ -253,7 +272,7 @@ def lab_cluster(lab_dir: Path | None, timeout: float) -> None:
 @_LAB_DIR
 def lab_down(lab_dir: Path | None) -> None:
     """Stop everything the lab started and remove its folder."""
-    from plunder.lab import lab as lab_module
+    lab_module = _lab_module()
 
     stopped = lab_module.down(lab_dir or lab_module.default_lab_dir())
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
@@ -263,7 +282,7 @@ def lab_down(lab_dir: Path | None) -> None:
 @_LAB_DIR
 def lab_status(lab_dir: Path | None) -> None:
     """Say which parts of the lab run."""
-    from plunder.lab import lab as lab_module
+    lab_module = _lab_module()
 
     folder = lab_dir or lab_module.default_lab_dir()
     table = Table("Component", "State", "PID", "Log")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx2
 from lightkube import AsyncClient, Client, KubeConfig
 
 FIELD_MANAGER = "plunder"
@@ -20,9 +21,20 @@ def _config(kubeconfig: Path | None) -> KubeConfig:
     return KubeConfig.from_env()
 
 
-def sync_client(kubeconfig: Path | None = None, field_manager: str = FIELD_MANAGER) -> Client:
-    """A blocking client, for the CLI and the lab."""
-    return Client(_config(kubeconfig), field_manager=field_manager)
+def sync_client(
+    kubeconfig: Path | None = None,
+    field_manager: str = FIELD_MANAGER,
+    timeout: float | None = None,
+) -> Client:
+    """A blocking client, for the CLI, the lab and the Lease.
+
+    ``timeout``: the seconds one request may take (lightkube's default, 10, without it).
+    """
+    return Client(
+        _config(kubeconfig),
+        field_manager=field_manager,
+        timeout=httpx2.Timeout(timeout) if timeout is not None else None,
+    )
 
 
 def async_client(kubeconfig: Path | None = None, field_manager: str = FIELD_MANAGER) -> AsyncClient:

@@ -3,7 +3,8 @@
 Every event of a host (status changes included: the boot service moves hosts too) is run
 through ``hoststate.controller_transition``; a move is written with the resourceVersion the
 decision was made on, so a write that raced another writer fails and is decided again on the
-next event instead of overwriting newer state.
+next event instead of overwriting newer state. The move is the only write: what the host's BMC
+must do follows from the new state, and the power loop (:mod:`plunder.operator.power`) does it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from lightkube.types import PatchType
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.client import async_client
 from plunder.k8s.resources import resource_for
-from plunder.operator import power
 from plunder.reconcile import hoststate
 
 _INFO = PlunderHost.info
@@ -59,8 +59,6 @@ async def plunderhost_event(
     if change.event is not None:
         reason, message, kind = change.event
         kopf.event(body, type=kind, reason=reason, message=message)
-    if change.power is not None:  # the host's power loop does it, with retries
-        await power.request_action(client, host, change.power)
     logger.info(
         "host %s: %s → %s",
         host.spec.boot_mac_address,

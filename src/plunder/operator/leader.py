@@ -6,6 +6,12 @@ Lease every :attr:`LeaseTiming.retry` seconds; when it cannot renew within
 may take over (after :attr:`LeaseTiming.duration` without renewals). A replica that stops
 cleanly gives the Lease up, so its successor need not wait for it to expire.
 
+The deadline is kept by a watchdog thread of its own, counted from the *start* of the last
+renewal that succeeded (its write landed after that, so another replica's count starts later):
+a renewal that hangs in the API client cannot hold the exit back. And the Lease's client gives
+each request :attr:`LeaseTiming.request_timeout` (2 s by default, not the client's usual 10 s),
+so one renewal (a read and a write) ends well inside the deadline, which ends inside the lease.
+
 Expiry is judged by when *this* replica last saw the record change (its own clock), never by
 comparing another host's ``renewTime`` with it: clocks of two machines may disagree.
 """
@@ -21,6 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from lightkube import Client
 from lightkube.core.exceptions import ApiError
@@ -28,9 +35,15 @@ from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 
+from plunder.k8s import client as k8s_client
+
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "plunder-controller"
+
+
+WATCHDOG_SECONDS = 0.1
+"""How often the watchdog looks at the time since the last renewal."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,23 @@ class LeaseTiming:
     duration: float = 15.0
     renew_deadline: float = 10.0
     retry: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.renew_deadline + WATCHDOG_SECONDS < self.duration:
+            raise ValueError("the renewal deadline must end well inside the lease's duration")
+
+    @property
+    def request_timeout(self) -> float:
+        """Seconds one API request of a renewal may take.
+
+        A renewal makes two, so it ends within half the deadline whatever the API server does.
+        """
+        return min(2.0, self.renew_deadline / 4)
+
+
+def lease_client(kubeconfig: Path | None, timing: LeaseTiming) -> Client:
+    """The client the elector renews with: each request bounded by the timing's timeout."""
+    return k8s_client.sync_client(kubeconfig, timeout=timing.request_timeout)
 
 
 def identity() -> str:
@@ -66,6 +96,8 @@ class LeaderElector:
         self._observed: tuple[str | None, float] = (None, 0.0)
         """The record last seen (holder and renew time) and when, on this replica's clock."""
         self._stop = threading.Event()
+        self._renewed_at = float("-inf")
+        """When the last attempt that held the Lease began (monotonic)."""
 
     def try_acquire_or_renew(self) -> bool:
         """One attempt; True if this replica holds the Lease now."""
@@ -131,24 +163,35 @@ class LeaderElector:
         log.info("became the leader (lease %s/%s)", self.namespace, self.name)
 
     def _attempt(self) -> bool:
+        started = time.monotonic()
         try:
-            return self.try_acquire_or_renew()
+            held = self.try_acquire_or_renew()
         except Exception as error:  # noqa: BLE001 - the API server may be away a moment
             log.warning("lease %s/%s: %r", self.namespace, self.name, error)
             return False
+        if held:
+            self._renewed_at = max(self._renewed_at, started)
+        return held
 
     def keep_renewing(self, on_lost: Callable[[], None]) -> threading.Thread:
-        """Renew in a background thread; call ``on_lost`` if a renewal deadline passes."""
+        """Renew in a background thread; call ``on_lost`` once the renewal deadline passes.
+
+        A watchdog thread keeps the deadline, so it passes on time even while a renewal hangs.
+        """
+        lost = threading.Event()
 
         def renew() -> None:
-            last = time.monotonic()
-            while not self._stop.wait(self.timing.retry):
-                if self._attempt():
-                    last = time.monotonic()
-                elif time.monotonic() - last > self.timing.renew_deadline:
+            while not self._stop.wait(self.timing.retry) and not lost.is_set():
+                self._attempt()
+
+        def watch() -> None:
+            while not self._stop.wait(WATCHDOG_SECONDS):
+                if time.monotonic() - self._renewed_at > self.timing.renew_deadline:
+                    lost.set()
                     on_lost()
                     return
 
+        threading.Thread(target=watch, name="lease-watchdog", daemon=True).start()
         thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
         thread.start()
         return thread

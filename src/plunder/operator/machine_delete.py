@@ -6,7 +6,8 @@ work queue as a live one: each pass releases the hosts still claimed for it (a w
 the host's resourceVersion), and while a released host is being wiped the machine waits,
 ``Deprovisioning``, woken by that host's events. Then the finalizer goes.
 
-A host that no longer exists does not hold the deletion up; a paused machine is not released
+A host that no longer exists does not hold the deletion up; one that failed does (its disk
+still holds what was written to it) until it is wiped or deleted; a paused machine is not released
 (``clusterctl move`` deletes the source's objects after removing their finalizers itself).
 The finalizer is our own rather than kopf's: kopf would add and remove its finalizer, and keep a
 copy of the spec in an annotation, with a write each, for a handler that only deletion needs.
@@ -195,15 +196,18 @@ async def release_step(
         host = await fetch_host(client, consumer.namespace, name)
         if host is None:  # vanished: nothing to release
             continue
+        if not decide.wipe_pending(host, consumer):
+            continue
+        pending.add(name)
         if host.consumer == consumer:
-            pending.add(name)
             if await release_host(client, host, consumer):
                 message = f"released host {host.name}; its disk is wiped"
                 post(body, [("Deprovisioning", message, "Normal")])
-        elif host.consumer is None and host.state in decide.RELEASING_STATES:
-            pending.add(name)
-        elif host.consumer is None and host.state == "error":
-            message = f"host {host.name} failed while it was wiped: {host.error_message}"
+        elif host.state == "error":
+            message = (
+                f"host {host.name} failed after it was released ({host.error_message}); the "
+                "machine waits until the host is wiped (it is retried) or the host is deleted"
+            )
             post(body, [("WipeFailed", message, "Warning")])
     return pending
 

@@ -9,11 +9,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import kopf
 
-from plunder.k8s import client as k8s_client
-
 # Importing the handler modules registers their handlers with kopf's default registry.
 from plunder.operator import cluster, deadline, host, machine, power, settings  # noqa: F401
-from plunder.operator.leader import LeaderElector, exit_on_lost_leadership
+from plunder.operator.leader import (
+    LeaderElector,
+    LeaseTiming,
+    exit_on_lost_leadership,
+    lease_client,
+)
 
 LIVENESS_PATH = "/healthz"
 
@@ -28,7 +31,8 @@ def run_operator(
     """
     elector = None
     if lease_namespace is not None:
-        elector = LeaderElector(k8s_client.sync_client(None), lease_namespace)
+        timing = LeaseTiming()
+        elector = LeaderElector(lease_client(None, timing), lease_namespace, timing=timing)
         with standby_liveness(liveness_port):
             elector.acquire()
         elector.keep_renewing(exit_on_lost_leadership)

@@ -6,8 +6,8 @@ description. Drivers are blocking libraries (sushy, pyghmi); the operator calls 
 thread with a deadline, so a BMC that hangs never blocks other hosts.
 
 Every failure a person can act on is a :class:`PowerError` whose ``reason`` is a CamelCase word
-for a condition (``BMCAuthFailed``, ``BMCUnreachable``, ``BMCTLSError``, ``BMCTimeout``, …) and
-whose message says what to check. Messages never carry the credentials.
+for a condition (``BMCAuthFailed``, ``BMCUnreachable``, ``BMCTLSError``, ``BMCCAUnusable``,
+``BMCTimeout``, …) and whose message says what to check. Messages never carry the credentials.
 """
 
 from __future__ import annotations
@@ -65,6 +65,12 @@ class BMCTLSError(PowerError):
     """The TLS handshake failed, usually a certificate that is not trusted."""
 
     reason = "BMCTLSError"
+
+
+class BMCCAError(PowerError):
+    """The ``ca.crt`` of the credentials Secret cannot be used (not PEM, or no place to keep it)."""
+
+    reason = "BMCCAUnusable"
 
 
 class BMCTimeoutError(PowerError):

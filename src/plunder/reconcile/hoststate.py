@@ -9,7 +9,12 @@ reports its hardware (→ available), its progress (a failure → error) and a f
 (→ available), and when cloud-init of the installed OS phones home (→ provisioned); the
 controller when work is set on an available host (→ provisioning), when the work is taken away
 (→ deprovisioning), and when the spec of a failed host changes (→ provisioning again). Each
-function returns the status fields to write; the callers write them with a merge patch.
+function returns the status fields to write; the callers write them with a merge patch, guarded
+by resourceVersion (docs/status-writers.md).
+
+A finished wipe is the agent's ``done`` with reason ``Wiped`` and nothing else: the host is never
+returned to the pool on the word of a report about other work. What the host's BMC must do
+follows from the state alone (:func:`power_wish`), converged by the controller's power loop.
 """
 
 from __future__ import annotations
@@ -30,17 +35,16 @@ PROVISION_REASON = "PlunderProvision"
 
 
 PowerAction = Literal["pxe-on", "pxe-reboot"]
-"""What the controller asks of a host's BMC after a move: power on with a one-time PXE boot if
-it is off (``pxe-on``), or power-cycle it with one (``pxe-reboot``)."""
+"""What a host's state needs of its BMC: power on with a one-time PXE boot if it is off
+(``pxe-on``), or power-cycle it with one (``pxe-reboot``)."""
 
 
 @dataclass(frozen=True)
 class Change:
-    """Status fields to write, maybe an Event to record, and maybe a BMC action to request."""
+    """Status fields to write, and maybe an Event to record."""
 
     status: Status | None = None
     event: EventSpec | None = None
-    power: PowerAction | None = None
 
 
 def _stamp(moment: datetime) -> str:
@@ -188,8 +192,19 @@ def root_device(host: PlunderHost) -> str:
     return "/dev/vda"
 
 
+WIPED_REASON = "Wiped"
+"""The reason of the agent's ``done`` for a wipe (``agent.sh``: ``report done Wiped …``)."""
+
+
 def agent_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> Change:
-    """The agent reported a phase of its work."""
+    """The agent reported a phase of its work.
+
+    Only a ``done`` for a wipe (reason :data:`WIPED_REASON`) returns a deprovisioning host to the
+    pool: a ``done`` for an image write (an agent that was told to provision before the work was
+    taken away, or an installer's last step) arriving while the host is deprovisioning says the
+    disk holds an OS and its seed, the opposite of wiped. It is ignored; the agent reboots after
+    it, boots the agent again (the host is deprovisioning) and is told to wipe.
+    """
     phase, reason = fields.get("phase", ""), fields.get("reason", "")
     message = fields.get("message", "")[:1000]
     state = state_of(host)
@@ -207,7 +222,7 @@ def agent_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> 
                 if entry["name"] == "writing":
                     entry["bytes"] = int(fields["bytes"])
         return Change({"phases": phases})
-    if phase == "done" and state == "deprovisioning":
+    if phase == "done" and state == "deprovisioning" and reason == WIPED_REASON:
         return Change(
             {
                 "state": "available",
@@ -328,28 +343,12 @@ def controller_transition(host: PlunderHost, now: datetime) -> Change:
     return Change()
 
 
-def power_after(host: PlunderHost, change: Change) -> PowerAction | None:
-    """The BMC action a move of a host with a BMC needs (hosts without one keep their loop).
-
-    Entering provisioning: the host is usually parked in the agent, which takes the work without
-    a reboot, so it is only powered on (into the agent) if it is off. Entering deprovisioning: the
-    host runs its installed OS, so it is power-cycled into the agent to be wiped.
-    """
-    if host.spec.bmc is None or change.status is None:
-        return None
-    entering = change.status.get("state")
-    if entering == "provisioning":
-        return "pxe-on"
-    if entering == "deprovisioning":
-        return "pxe-reboot"
-    return None
-
-
 def bmc_discovery(host: PlunderHost) -> Change:
-    """A host created with only a BMC and a MAC, never seen: power it on into the agent.
+    """A host created with only a BMC and a MAC, never seen: say it is powered on into the agent.
 
-    ``observedGeneration`` is written with the request, so the host is powered on once; from
-    then on the boot service moves it (discovered → inspecting → available) as any other host.
+    ``observedGeneration`` is written with the event, so it is posted once; the power itself is
+    the power loop's (:func:`power_wish`), and from then on the boot service moves the host
+    (discovered → inspecting → available) as any other.
     """
     never_seen = host.status is None or (
         host.status.first_seen is None and host.status.observed_generation is None
@@ -363,16 +362,70 @@ def bmc_discovery(host: PlunderHost) -> Change:
             "powering the host on into the agent through its BMC to inspect it",
             "Normal",
         ),
-        "pxe-on",
     )
 
 
 def controller_decision(host: PlunderHost, now: datetime) -> Change:
-    """The controller's move of the host, with the BMC action it needs."""
+    """The controller's move of the host (its BMC follows from the state: :func:`power_wish`)."""
     change = controller_transition(host, now)
     if change.status is None:
         return bmc_discovery(host)
-    return Change(change.status, change.event, power_after(host, change))
+    return change
+
+
+# ----------------------------------------------------------------------------- power loop
+
+
+@dataclass(frozen=True)
+class PowerWish:
+    """What the host's BMC must have done, for the state the host is in now.
+
+    Level-triggered: the wish follows from the state alone, so the move that enters the state is
+    the only write it needs (a crash right after it loses nothing). The power loop converges it
+    and records :attr:`mark` once it is done, so each entry into a state is acted on once.
+    """
+
+    action: PowerAction
+    cycle: str
+    """Which entry into the state it is for: the state and when its phase began."""
+
+    @property
+    def mark(self) -> str:
+        """What the power loop records when it has done this wish."""
+        return f"{self.action} {self.cycle}"
+
+
+def _phase_started(host: PlunderHost, name: str) -> str:
+    for phase in host.status.phases if host.status and host.status.phases else ():
+        if phase.name == name:
+            return _stamp(phase.started)
+    return "?"
+
+
+def power_wish(host: PlunderHost) -> PowerWish | None:
+    """The BMC action the host's state needs (hosts without a BMC keep their network-boot loop).
+
+    Provisioning: the host is usually parked in the agent, which takes the work without a
+    reboot, so it is only powered on (into the agent) if it is off. Deprovisioning: the host runs
+    its installed OS, so it is power-cycled into the agent to be wiped. A host created with only
+    a BMC and never seen by the boot service is powered on into the agent to be inspected.
+    """
+    if host.spec.bmc is None:
+        return None
+    state = state_of(host)
+    if state == "provisioning":
+        return PowerWish("pxe-on", f"provisioning@{_phase_started(host, state)}")
+    if state == "deprovisioning":
+        return PowerWish("pxe-reboot", f"deprovisioning@{_phase_started(host, state)}")
+    if state == "discovered" and (host.status is None or host.status.first_seen is None):
+        return PowerWish("pxe-on", "discovered")
+    return None
+
+
+def power_due(host: PlunderHost, done: str | None) -> PowerWish | None:
+    """The wish still to be done, given the :attr:`PowerWish.mark` the power loop recorded last."""
+    wish = power_wish(host)
+    return wish if wish is not None and wish.mark != done else None
 
 
 PROVISIONING_TIMEOUT_REASON = "ProvisioningTimeout"

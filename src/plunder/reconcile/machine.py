@@ -160,8 +160,19 @@ def find_condition(status: PlunderMachineStatus | None, type_: str) -> Condition
     return conditions.find(status.conditions if status else None, type_)
 
 
-RELEASING_STATES = frozenset({"provisioning", "provisioned", "deprovisioning"})
-"""Host states in which a released host has not finished its wipe yet."""
+RELEASING_STATES = frozenset({"provisioning", "provisioned", "deprovisioning", "error"})
+"""Host states in which a released host has not finished its wipe yet.
+
+``error`` is among them: a released host that failed (its install, or the wipe itself) still
+holds what was written to its disk; the controller sends it back to ``deprovisioning`` to be
+wiped, and its machine keeps the finalizer until the host is ``available`` again or is gone."""
+
+
+def wipe_pending(host: HostCandidate, consumer: Consumer) -> bool:
+    """Whether a deleted machine must still wait for ``host``: claimed by it, or not yet wiped."""
+    if host.consumer == consumer:
+        return True
+    return host.consumer is None and host.state in RELEASING_STATES
 
 
 def failure_domain_of(

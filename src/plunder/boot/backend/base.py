@@ -54,5 +54,7 @@ class HostBackend(Protocol):
     ) -> None:
         """Merge ``status`` into the host's status (None values remove fields).
 
-        ``guarded``: only if the host is still at the resourceVersion it was read at.
+        ``guarded``: only if the host is still at the resourceVersion it was read at. Without
+        it, the write still never overwrites what others wrote meanwhile: it is rebased onto a
+        fresh copy (``reconcile.statusmerge``), a move decided on an old state dropped.
         """

@@ -24,11 +24,13 @@ from plunder.boot.backend.base import BootFacts
 from plunder.boot.macs import host_name
 from plunder.boot.vendors import vendor_of
 from plunder.k8s.resources import as_dict, resource_for
+from plunder.reconcile import statusmerge
 
 log = logging.getLogger(__name__)
 
 DISCOVERED_LABEL = "metal.plunder.dev/discovered-by"
 _RELIST_BACKOFF = (0.5, 1.0, 2.0, 5.0)
+_MERGE_ATTEMPTS = 5
 
 
 def _timestamp(moment: datetime) -> str:
@@ -257,11 +259,33 @@ class KubeHostBackend:
 
         A concurrent writer makes this fail with 409 (ApiError): the caller's request fails and
         is retried by the agent or the host, and decided again on fresh state.
+
+        Unguarded (the last boot wins): still never a blind write. It is guarded by the freshest
+        resourceVersion, and on a conflict the host is read again and ``status`` rebased onto it
+        (``statusmerge.rebase``: the lists merged entry by entry, a move decided on a state that
+        no longer holds dropped), so what other writers wrote meanwhile stays.
         """
         if host.metadata.name is None:
             raise ValueError("a host without a name cannot be patched")
-        version = host.metadata.resource_version if guarded else None
-        await self._patch_status(host.metadata.name, status, version)
+        if guarded:
+            await self._patch_status(host.metadata.name, status, host.metadata.resource_version)
+        else:
+            await self._merge_status(host, status)
+
+    async def _merge_status(self, base: PlunderHost, status: dict[str, Any]) -> None:
+        name = base.metadata.name or ""
+        fresh = base
+        for attempt in range(_MERGE_ATTEMPTS):
+            try:
+                await self._patch_status(
+                    name, statusmerge.rebase(base, fresh, status), fresh.metadata.resource_version
+                )
+                return
+            except ApiError as error:
+                if error.status.code != 409 or attempt == _MERGE_ATTEMPTS - 1:
+                    raise
+            got = await self._client.get(self._resource, name, namespace=self._namespace)
+            fresh = PlunderHost.model_validate(as_dict(got))
 
     # -------------------------------------------------------------------------- lastSeen
 
@@ -287,8 +311,12 @@ class KubeHostBackend:
                 if host is None or host.metadata.name is None:
                     continue
                 self._last_written[facts.mac] = now
+                status = seen_status(facts, host)
                 try:
-                    await self._patch_status(host.metadata.name, seen_status(facts, host))
+                    if "state" in status:  # finishing a discovery: not over a newer state
+                        await self._merge_status(host, status)
+                    else:
+                        await self._patch_status(host.metadata.name, status)
                 except ApiError as error:
                     log.warning("lastSeen of %s not written: %s", facts.mac, error.status.message)
             if self._pending_seen:  # the rest are not due yet: look again in a moment

@@ -224,7 +224,16 @@ async def _user_data(request: web.Request, host: PlunderHost) -> str:
     reference = host.spec.user_data
     if reference is None:
         return "#cloud-config\n{}\n"
-    namespace = reference.namespace or host.metadata.namespace
+    namespace = host.metadata.namespace
+    if reference.namespace not in (None, namespace):
+        # Whoever may write a PlunderHost must not get any Secret of the cluster served.
+        log.warning(
+            "user-data of %s refused: its Secret is in namespace %s, not the host's (%s)",
+            host.spec.boot_mac_address,
+            reference.namespace,
+            namespace,
+        )
+        raise web.HTTPForbidden(text="the user-data Secret must be in the host's namespace\n")
     try:
         secret = await request.app[CLIENT_KEY].get(Secret, reference.name, namespace=namespace)
     except ApiError as error:
