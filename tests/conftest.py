@@ -133,6 +133,29 @@ def run_kubectl(
     )
 
 
+def run_ok(
+    argv: list[str], env: dict[str, str], stdin: str | None = None, retry_for: float = 0
+) -> str:
+    """Run a program as a person would (kubectl, clusterctl …); its output, or fail the test.
+
+    ``retry_for``: seconds to try again, every 5 s, after a failure. An emulated host's API
+    server, its two cores shared, times requests out now and then; a person runs kubectl again.
+    """
+    deadline = time.monotonic() + retry_for
+    while True:
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, env=env, input=stdin, timeout=120
+            )
+        except subprocess.TimeoutExpired as error:
+            done = subprocess.CompletedProcess(argv, 1, "", f"timed out: {error}")
+        if done.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert done.returncode == 0, f"{' '.join(argv)}: {done.stderr}"
+    return done.stdout
+
+
 @asynccontextmanager
 async def running(service: BootService) -> AsyncIterator[BootService]:
     """A boot service started, synced with the API, and stopped afterwards."""

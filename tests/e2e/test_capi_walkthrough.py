@@ -13,7 +13,6 @@ and through its Service (CoreDNS answers for it, kube-proxy routes to it).
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Network
@@ -25,13 +24,15 @@ import yaml
 from plunder.images import binaries
 from plunder.k8s import capi
 from plunder.k8s.client import sync_client
-from tests.conftest import IsolatedLab, eventually, isolated_lab, nested
+from tests.conftest import IsolatedLab, eventually, isolated_lab, nested, run_ok
 
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = binaries.repository_root() / "examples" / "simple"
 """The repository's own files, as a person applies them."""
 MARKER = "plunder-pod-network-ok"
+WORKLOAD_RETRY_S = 180
+"""How long a read of the workload cluster is tried again: its API server is emulated."""
 
 
 @pytest.fixture(scope="module")
@@ -43,25 +44,18 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedLab]:
         yield running
 
 
-def _run(argv: list[str], env: dict[str, str], stdin: str | None = None) -> str:
-    done = subprocess.run(
-        argv, capture_output=True, text=True, env=env, input=stdin, timeout=120, check=False
-    )
-    assert done.returncode == 0, f"{' '.join(argv)}: {done.stderr}"
-    return done.stdout
-
-
 def _workload_kubectl(lab: IsolatedLab, env: dict[str, str]) -> list[str]:
     """The workload cluster's kubectl, with the kubeconfig clusterctl gives."""
     clusterctl = str(binaries.ensure_binary("clusterctl"))
-    kubeconfig = _run([clusterctl, "get", "kubeconfig", "cluster-plunder"], env)
+    kubeconfig = run_ok([clusterctl, "get", "kubeconfig", "cluster-plunder"], env)
     path = lab.folder / "cluster-plunder.kubeconfig"
     path.write_text(kubeconfig)
     return [str(binaries.ensure_binary("kubectl")), f"--kubeconfig={path}"]
 
 
 def _json(kubectl: list[str], env: dict[str, str], *args: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(_run([*kubectl, *args, "-o", "json"], env))
+    output = run_ok([*kubectl, *args, "-o", "json"], env, retry_for=WORKLOAD_RETRY_S)
+    loaded: dict[str, Any] = yaml.safe_load(output)
     return loaded
 
 
@@ -123,7 +117,7 @@ spec:
 def test_the_walkthrough_ends_in_a_working_cluster(lab: IsolatedLab) -> None:
     env = {**os.environ, "KUBECONFIG": str(lab.kubeconfig)}
     started = time.monotonic()
-    _run([str(binaries.ensure_binary("kubectl")), "apply", "-f", str(EXAMPLES)], env)
+    run_ok([str(binaries.ensure_binary("kubectl")), "apply", "-f", str(EXAMPLES)], env)
     kube = sync_client(lab.kubeconfig)
 
     def machine(name: str) -> Any:
@@ -199,12 +193,12 @@ def test_the_walkthrough_ends_in_a_working_cluster(lab: IsolatedLab) -> None:
         "CoreDNS ready",
         timeout=600,
     )
-    _run([*kubectl, "apply", "-f", "-"], env, stdin=SERVER_POD)
+    run_ok([*kubectl, "apply", "-f", "-"], env, stdin=SERVER_POD)
     eventually(lambda: _ready_pod(_json(kubectl, env, "get", "pod", "web")), "web pod", 600)
     pod_ip = _json(kubectl, env, "get", "pod", "web")["status"]["podIP"]
     service_ip = _json(kubectl, env, "get", "service", "web")["spec"]["clusterIP"]
     client = CLIENT_POD.replace("POD_IP", pod_ip).replace("SERVICE_IP", service_ip)
-    _run([*kubectl, "apply", "-f", "-"], env, stdin=client)
+    run_ok([*kubectl, "apply", "-f", "-"], env, stdin=client)
     eventually(
         lambda: (
             nested(_json(kubectl, env, "get", "pod", "client"), "status", "phase")
@@ -213,7 +207,7 @@ def test_the_walkthrough_ends_in_a_working_cluster(lab: IsolatedLab) -> None:
         "client pod done",
         timeout=600,
     )
-    logs = _run([*kubectl, "logs", "client"], env)
+    logs = run_ok([*kubectl, "logs", "client"], env)
     # by the pod's IP (the pod network), CoreDNS's answer, by the Service's IP (kube-proxy)
     assert logs.count(MARKER) == 2 and service_ip in logs, logs
     marks["pod reached across nodes"] = time.monotonic() - started

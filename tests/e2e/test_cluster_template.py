@@ -10,7 +10,6 @@ again; deleting the Cluster returns every host, wiped, to the pool.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from plunder.images import binaries
 from plunder.k8s import capi
 from plunder.k8s.client import sync_client
 from plunder.k8s.resources import as_dict, resource_for
-from tests.conftest import IsolatedLab, eventually, isolated_lab, nested
+from tests.conftest import IsolatedLab, eventually, isolated_lab, nested, run_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -37,14 +36,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedLab]:
     """A lab of three blank hosts on a subnet of its own."""
     with isolated_lab(tmp_path_factory.mktemp("lab"), "--hosts", "3") as running:
         yield running
-
-
-def _run(argv: list[str], env: dict[str, str], stdin: str | None = None) -> str:
-    done = subprocess.run(
-        argv, capture_output=True, text=True, env=env, input=stdin, timeout=120, check=False
-    )
-    assert done.returncode == 0, f"{' '.join(argv)}: {done.stderr}"
-    return done.stdout
 
 
 def _generate(lab: IsolatedLab, repository: Path, env: dict[str, str]) -> str:
@@ -59,7 +50,7 @@ def _generate(lab: IsolatedLab, repository: Path, env: dict[str, str]) -> str:
         "IMAGE_FORMAT": "raw-lzop",
         "XDG_CONFIG_HOME": str(repository / "xdg"),
     }
-    return _run(
+    return run_ok(
         [
             str(binaries.ensure_binary("clusterctl")),
             "generate",
@@ -82,7 +73,9 @@ def _generate(lab: IsolatedLab, repository: Path, env: dict[str, str]) -> str:
 
 def _ready_nodes(kubectl: list[str], env: dict[str, str]) -> dict[str, str]:
     """Ready Node name → providerID."""
-    nodes = yaml.safe_load(_run([*kubectl, "get", "nodes", "-o", "json"], env))["items"]
+    # the workload API server is emulated: a read that times out is tried again
+    listing = run_ok([*kubectl, "get", "nodes", "-o", "json"], env, retry_for=180)
+    nodes = yaml.safe_load(listing)["items"]
     return {
         node["metadata"]["name"]: node["spec"].get("providerID", "")
         for node in nodes
@@ -100,7 +93,7 @@ def test_a_machine_deployment_scales_and_the_cluster_goes_back_to_the_pool(
     release.write_local_repository(repository)
     started = time.monotonic()
     marks: dict[str, float] = {}
-    _run([*kubectl_mgmt, "apply", "-f", "-"], env, stdin=_generate(lab, repository, env))
+    run_ok([*kubectl_mgmt, "apply", "-f", "-"], env, stdin=_generate(lab, repository, env))
     kube = sync_client(lab.kubeconfig)
 
     def machines() -> list[dict[str, Any]]:
@@ -114,21 +107,21 @@ def test_a_machine_deployment_scales_and_the_cluster_goes_back_to_the_pool(
     marks["2 Machines Running"] = time.monotonic() - started
     clusterctl = str(binaries.ensure_binary("clusterctl"))
     kubeconfig = tmp_path / "workload.kubeconfig"
-    kubeconfig.write_text(_run([clusterctl, "get", "kubeconfig", CLUSTER], env))
+    kubeconfig.write_text(run_ok([clusterctl, "get", "kubeconfig", CLUSTER], env))
     kubectl = [*kubectl_mgmt, f"--kubeconfig={kubeconfig}"]
     eventually(lambda: len(_ready_nodes(kubectl, env)) == 2, "2 Nodes Ready", timeout=900)
     marks["2 Nodes Ready"] = time.monotonic() - started
 
     # Scale up: a new Node joins, on the third host.
     md = f"{CLUSTER}-md-0"
-    _run([*kubectl_mgmt, "scale", "machinedeployment", md, "--replicas=2"], env)
+    run_ok([*kubectl_mgmt, "scale", "machinedeployment", md, "--replicas=2"], env)
     eventually(lambda: len(_ready_nodes(kubectl, env)) == 3, "3 Nodes Ready", timeout=1800)
     marks["scaled to 2: 3 Nodes Ready"] = time.monotonic() - started
     provider_ids = set(_ready_nodes(kubectl, env).values())
     assert provider_ids == {f"plunder://{host['mac']}" for host in lab.hosts()}  # one host each
 
     # Scale down: a Node is drained and deleted, its host wiped and back in the pool.
-    _run([*kubectl_mgmt, "scale", "machinedeployment", md, "--replicas=1"], env)
+    run_ok([*kubectl_mgmt, "scale", "machinedeployment", md, "--replicas=1"], env)
     eventually(lambda: len(_ready_nodes(kubectl, env)) == 2, "back to 2 Nodes", timeout=900)
     hosts = resource_for(PlunderHost)
 
@@ -153,7 +146,7 @@ def test_a_machine_deployment_scales_and_the_cluster_goes_back_to_the_pool(
     assert wiped and wiped[0].get("finished"), released["status"]["phases"]
 
     # Delete the Cluster: every host goes back, wiped.
-    _run([*kubectl_mgmt, "delete", "cluster", CLUSTER, "--wait=false"], env)
+    run_ok([*kubectl_mgmt, "delete", "cluster", CLUSTER, "--wait=false"], env)
     eventually(lambda: not machines(), "every Machine gone", timeout=1200)
     eventually(
         lambda: all(state == "available" for state in host_states().values()),
