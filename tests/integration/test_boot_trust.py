@@ -266,7 +266,7 @@ async def test_an_attacker_on_the_provisioning_network_gets_nothing_and_the_host
     assert status == 200 and "action=wipe" in work
     host = as_dict(kube.get(HOSTS, NAME, namespace=namespace))
     assert host["status"]["state"] == "deprovisioning", "the attacker moved the host"
-    done = "phase=done\n"
+    done = "phase=done\nreason=Wiped\n"  # what the agent says of a finished wipe
     assert (await victim.call("POST", f"/agent/v1/{VICTIM}/status", wipe_token, data=done))[
         0
     ] == 204

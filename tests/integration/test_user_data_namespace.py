@@ -39,7 +39,7 @@ async def test_user_data_from_another_namespace_is_refused(
                 Secret(metadata=ObjectMeta(name="s", namespace=where), data={"value": value})
             )
         image = {"url": "http://127.0.0.1/os.raw.gz", "checksum": "c" * 64, "format": "raw-gzip"}
-        spec = {"image": image, "userData": {"name": "s", "namespace": other}}
+        spec = {"image": image, "userData": {"name": "s", "namespace": other}, "accepted": True}
         kube.patch(HOSTS, NAME, {"spec": spec}, namespace=namespace, patch_type=PatchType.MERGE)
         kube.patch(
             HOSTS.Status,
