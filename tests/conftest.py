@@ -27,11 +27,14 @@ from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
+from lightkube.types import PatchType
 
+from plunder.api.inventory import PlunderHost
 from plunder.boot.service import BootService
 from plunder.images import binaries
 from plunder.k8s import client as k8s_client
 from plunder.k8s import crds
+from plunder.k8s.resources import resource_for
 from plunder.lab import capi, network, processes
 from plunder.lab.pki import PlanePKI
 from plunder.lab.plane import Plane, start_plane
@@ -130,6 +133,28 @@ def run_kubectl(
     """Run kubectl and return what it printed (not raising: tests look at the exit code)."""
     return subprocess.run(
         [*kubectl, *args], input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+
+
+def create_available_host(kube: Client, namespace: str, name: str, mac: str) -> None:
+    """A PlunderHost that the agent has inspected: ``available``, waiting for work."""
+    hosts = resource_for(PlunderHost)
+    kube.create(
+        hosts.from_dict(
+            {
+                "apiVersion": PlunderHost.info.api_version,
+                "kind": "PlunderHost",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"bootMACAddress": mac},
+            }
+        )
+    )
+    kube.patch(
+        hosts.Status,
+        name,
+        {"status": {"state": "available"}},
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
     )
 
 

@@ -20,6 +20,7 @@ from plunder.api.inventory import PlunderHost
 from plunder.k8s.resources import resource_for
 from plunder.lab import processes
 from plunder.lab.plane import Plane, start_plane
+from tests.conftest import create_available_host
 
 pytestmark = pytest.mark.integration
 
@@ -133,23 +134,7 @@ def test_controller_moves_hosts_when_work_is_set_and_taken_away(
     controller: subprocess.Popen[str], kube: Client, namespace: str
 ) -> None:
     hosts = resource_for(PlunderHost)
-    kube.create(
-        hosts.from_dict(
-            {
-                "apiVersion": PlunderHost.info.api_version,
-                "kind": "PlunderHost",
-                "metadata": {"name": "h1", "namespace": namespace},
-                "spec": {"bootMACAddress": "00:50:56:a5:11:20"},
-            }
-        )
-    )
-    kube.patch(
-        hosts.Status,
-        "h1",
-        {"status": {"state": "available"}},
-        namespace=namespace,
-        patch_type=PatchType.MERGE,
-    )
+    create_available_host(kube, namespace, "h1", "00:50:56:a5:11:20")
     image = {"url": "http://172.31.99.1:8080/files/os.raw", "checksum": "a" * 64}
     kube.patch(
         hosts, "h1", {"spec": {"image": image}}, namespace=namespace, patch_type=PatchType.MERGE

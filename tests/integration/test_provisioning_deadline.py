@@ -18,7 +18,7 @@ from lightkube.types import PatchType
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.resources import resource_for
 from plunder.lab.plane import Plane
-from tests.conftest import eventually, provider_controller
+from tests.conftest import create_available_host, eventually, provider_controller
 
 pytestmark = pytest.mark.integration
 
@@ -30,23 +30,7 @@ def test_a_host_that_never_phones_home_fails_with_provisioning_timeout(
     plane: Plane, kube: Client, namespace: str, tmp_path: Path
 ) -> None:
     hosts = resource_for(PlunderHost)
-    kube.create(
-        hosts.from_dict(
-            {
-                "apiVersion": PlunderHost.info.api_version,
-                "kind": "PlunderHost",
-                "metadata": {"name": "h1", "namespace": namespace},
-                "spec": {"bootMACAddress": "00:50:56:a5:11:20"},
-            }
-        )
-    )
-    kube.patch(
-        hosts.Status,
-        "h1",
-        {"status": {"state": "available"}},
-        namespace=namespace,
-        patch_type=PatchType.MERGE,
-    )
+    create_available_host(kube, namespace, "h1", "00:50:56:a5:11:20")
 
     def status() -> dict[str, object]:
         return dict(kube.get(hosts, "h1", namespace=namespace).get("status") or {})
