@@ -110,6 +110,7 @@ def valid_discover(iface: str) -> dict[str, Any]:
         ),
         src_mac=mac,
     )
+    started = time.monotonic()
     answer = srp1(request, iface=iface, timeout=5)
     if answer is None or BOOTP not in answer:
         return {"answered": False}
@@ -118,6 +119,7 @@ def valid_discover(iface: str) -> dict[str, Any]:
         "answered": True,
         "yiaddr": bootp.yiaddr,
         "file": bootp.file.rstrip(b"\x00").decode(errors="replace"),
+        "ms": round((time.monotonic() - started) * 1000, 1),
     }
 
 
@@ -125,13 +127,15 @@ def tftp_read(server: str, name: str) -> dict[str, Any]:
     """Read the first block of ``name``; report what came back."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(5)
+        started = time.monotonic()
         sock.sendto(b"\x00\x01" + name.encode() + b"\x00octet\x00", (server, 69))
         try:
             data, _ = sock.recvfrom(1024)
         except TimeoutError:
             return {"answered": False}
     opcode = struct.unpack("!H", data[:2])[0]
-    return {"answered": True, "opcode": opcode, "bytes": len(data) - 4}
+    ms = round((time.monotonic() - started) * 1000, 1)
+    return {"answered": True, "opcode": opcode, "bytes": len(data) - 4, "ms": ms}
 
 
 def main() -> None:
@@ -145,6 +149,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     deadline = time.monotonic() + args.seconds
     sent = oversized = 0
+    started = time.monotonic()
     link = conf.L2socket(iface=args.iface)
     try:
         while sent + oversized < args.count and time.monotonic() < deadline:
@@ -161,6 +166,7 @@ def main() -> None:
             {
                 "dhcp_sent": sent,
                 "dhcp_oversized_not_sent": oversized,
+                "dhcp_seconds": round(time.monotonic() - started, 1),
                 "tftp_sent": tftp_sent,
                 "discover": valid_discover(args.iface),
                 "tftp_boot_file": tftp_read(args.server, "undionly.kpxe"),

@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lightkube import Client
@@ -59,30 +60,18 @@ async def test_malformed_dhcp_and_tftp_never_stop_the_boot_service(
     network.add_veth_port(
         lab_network, "fz0", f"{lab_network.ipv4.network.network_address + 250}/24"
     )
-    fuzzer = await asyncio.create_subprocess_exec(
-        *network.in_namespace(
-            lab_network,
-            [
-                sys.executable,
-                "-m",
-                "tests.e2e.dhcp_fuzzer",
-                "--iface",
-                "fz0",
-                "--server",
-                lab_network.ipv4_address,
-                "--count",
-                str(FUZZ_COUNT),
-                "--seconds",
-                str(FUZZ_SECONDS),
-            ],
-        ),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    report = await run_in_lab(
+        lab_network,
+        "tests.e2e.dhcp_fuzzer",
+        "--iface",
+        "fz0",
+        "--server",
+        lab_network.ipv4_address,
+        "--count",
+        str(FUZZ_COUNT),
+        "--seconds",
+        str(FUZZ_SECONDS),
     )
-    out, err = await asyncio.wait_for(fuzzer.communicate(), FUZZ_SECONDS + 60)
-    assert fuzzer.returncode == 0, err.decode()
-    report = json.loads(out.decode().strip().splitlines()[-1])
     print(f"\nfuzz run: {report}")
 
     assert report["dhcp_sent"] >= 1000
@@ -91,7 +80,8 @@ async def test_malformed_dhcp_and_tftp_never_stop_the_boot_service(
     assert offer["answered"], "a well-formed DISCOVER went unanswered after the fuzz run"
     assert offer["file"] == "undionly.kpxe"
     assert IPv4Address(offer["yiaddr"]) in lab_network.ipv4.network
-    assert report["tftp_boot_file"] == {"answered": True, "opcode": 3, "bytes": 512}
+    boot_file = report["tftp_boot_file"]
+    assert boot_file["answered"] and (boot_file["opcode"], boot_file["bytes"]) == (3, 512)
     assert report["tftp_traversal"]["answered"] and report["tftp_traversal"]["opcode"] == 5
     # and the HTTP side still answers
     assert boot_in_lab.ready.is_set()
@@ -112,26 +102,55 @@ async def test_dnsmasq_is_started_again_when_it_dies(
     network.add_veth_port(
         lab_network, "fz1", f"{lab_network.ipv4.network.network_address + 251}/24"
     )
-    probe = await asyncio.create_subprocess_exec(
-        *network.in_namespace(
-            lab_network,
-            [
-                sys.executable,
-                "-m",
-                "tests.e2e.dhcp_fuzzer",
-                "--iface",
-                "fz1",
-                "--server",
-                lab_network.ipv4_address,
-                "--count",
-                "0",
-            ],
-        ),
+    report = await run_in_lab(
+        lab_network,
+        "tests.e2e.dhcp_fuzzer",
+        "--iface",
+        "fz1",
+        "--server",
+        lab_network.ipv4_address,
+        "--count",
+        "0",
+    )
+    assert report["discover"]["answered"] and report["discover"]["file"] == "undionly.kpxe"
+
+
+async def test_malformed_http_never_stops_the_boot_service(
+    boot_in_lab: BootService, lab_network: LabNetwork
+) -> None:
+    """Hostile HTTP from a client on the provisioning network: refused, never a crash or a file."""
+    report = await run_in_lab(
+        lab_network,
+        "tests.e2e.http_fuzzer",
+        "--server",
+        lab_network.ipv4_address,
+        "--count",
+        str(FUZZ_COUNT),
+        "--seconds",
+        str(FUZZ_SECONDS),
+    )
+    print(f"\nHTTP fuzz run: {report}")
+    outcomes = report["http_outcomes"]
+    assert report["http_sent"] >= 1000
+    assert "500" not in outcomes, f"a handler failed on bad input: {outcomes}"
+    assert "traversal-served" not in outcomes, outcomes
+    assert "connect-failed" not in outcomes, outcomes
+    assert outcomes.get("4xx", 0) > report["http_sent"] // 2, outcomes
+    assert report["healthz"]["status"] == "200"
+    script = report["boot_script"]
+    assert script["status"] == "200" and script["body"].startswith("#!ipxe"), script
+    assert boot_in_lab.ready.is_set()
+
+
+async def run_in_lab(lab_network: LabNetwork, module: str, *args: str) -> dict[str, Any]:
+    """Run a fuzzer module inside the lab's namespace; the JSON report it printed last."""
+    process = await asyncio.create_subprocess_exec(
+        *network.in_namespace(lab_network, [sys.executable, "-m", module, *args]),
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(probe.communicate(), 60)
-    assert probe.returncode == 0, err.decode()
-    report = json.loads(out.decode().strip().splitlines()[-1])
-    assert report["discover"]["answered"] and report["discover"]["file"] == "undionly.kpxe"
+    out, err = await asyncio.wait_for(process.communicate(), FUZZ_SECONDS + 120)
+    assert process.returncode == 0, err.decode()
+    report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return report
