@@ -62,4 +62,6 @@ if [ ! -f "$stamp" ]; then
 fi
 
 # Build (or find in the version-keyed cache) etcd, kube-apiserver and kubectl.
-.venv/bin/plunderctl lab build "$@"
+# Everything the lab and the tests run, built once here (each cached by version), so that no
+# step later waits on a build inside its own time limit.
+.venv/bin/plunderctl lab build --all "$@"

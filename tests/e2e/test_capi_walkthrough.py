@@ -13,6 +13,7 @@ and through its Service (CoreDNS answers for it, kube-proxy routes to it).
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Network
@@ -147,7 +148,8 @@ def test_the_walkthrough_ends_in_a_working_cluster(lab: IsolatedLab) -> None:
         "infrastructureProvisioned",
         timeout=1200,
     )
-    reached("worker", "nodeRef", "status", "nodeRef", timeout=1200)
+    # the worker's join waits for the control plane's kubeadm init: up to 30 min there
+    reached("worker", "nodeRef", "status", "nodeRef", timeout=2400)
     for name in ("controlplane", "worker"):
         eventually(
             lambda name=name: nested(machine(name), "status", "phase") == "Running",  # type: ignore[misc]
@@ -156,6 +158,25 @@ def test_the_walkthrough_ends_in_a_working_cluster(lab: IsolatedLab) -> None:
         )
 
     kubectl = _workload_kubectl(lab, env)
+    try:
+        _the_workload_cluster_works(lab, kubectl, env, machine, marks, started)
+    except BaseException:
+        print(_workload_report(lab, kubectl, env))
+        raise
+    print("\nwalkthrough, seconds from kubectl apply:")
+    for what, seconds in marks.items():
+        print(f"  {what:40s} {seconds:7.1f}")
+
+
+def _the_workload_cluster_works(
+    lab: IsolatedLab,
+    kubectl: list[str],
+    env: dict[str, str],
+    machine: Any,
+    marks: dict[str, float],
+    started: float,
+) -> None:
+    """Nodes Ready and registered as their Machines; CoreDNS, the pod network and Services work."""
 
     def nodes() -> list[dict[str, Any]]:
         return list(_json(kubectl, env, "get", "nodes")["items"])
@@ -191,7 +212,7 @@ def test_the_walkthrough_ends_in_a_working_cluster(lab: IsolatedLab) -> None:
             )["items"]
         ),
         "CoreDNS ready",
-        timeout=600,
+        timeout=900,
     )
     run_ok([*kubectl, "apply", "-f", "-"], env, stdin=SERVER_POD)
     eventually(lambda: _ready_pod(_json(kubectl, env, "get", "pod", "web")), "web pod", 600)
@@ -211,9 +232,30 @@ def test_the_walkthrough_ends_in_a_working_cluster(lab: IsolatedLab) -> None:
     # by the pod's IP (the pod network), CoreDNS's answer, by the Service's IP (kube-proxy)
     assert logs.count(MARKER) == 2 and service_ip in logs, logs
     marks["pod reached across nodes"] = time.monotonic() - started
-    print("\nwalkthrough, seconds from kubectl apply:")
-    for what, seconds in marks.items():
-        print(f"  {what:40s} {seconds:7.1f}")
+
+
+def _workload_report(lab: IsolatedLab, kubectl: list[str], env: dict[str, str]) -> str:
+    """What a person looks at when the workload cluster does not work: pods, events, logs."""
+    commands = [
+        ["get", "nodes", "-o", "wide"],
+        ["get", "pods", "-A", "-o", "wide"],
+        ["describe", "pods", "-n", "kube-system", "-l", "k8s-app=kube-dns"],
+        ["logs", "-n", "kube-system", "-l", "k8s-app=kube-dns", "--tail=50", "--all-containers"],
+        ["get", "events", "-A", "--sort-by=.lastTimestamp"],
+    ]
+    parts = []
+    for args in commands:
+        try:
+            done = subprocess.run(
+                [*kubectl, *args], capture_output=True, text=True, env=env, timeout=120
+            )
+            parts.append(f"$ kubectl {' '.join(args)}\n{done.stdout}{done.stderr}")
+        except subprocess.TimeoutExpired:
+            parts.append(f"$ kubectl {' '.join(args)}: timed out")
+    for log in sorted(lab.folder.rglob("*.serial.log")):
+        tail = log.read_text(errors="replace").splitlines()[-40:]
+        parts.append(f"--- {log.name} (last 40 lines)\n" + "\n".join(tail))
+    return "\n".join(parts)
 
 
 def _ready_pod(pod: dict[str, Any]) -> bool:

@@ -8,8 +8,10 @@ three blank hosts (two legacy BIOS, one UEFI) with VMware MACs as in the origina
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,11 +29,14 @@ from lightkube.types import PatchType
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.client import sync_client
 from plunder.k8s.resources import as_dict, resource_for
+from plunder.lab import network
+from plunder.lab.lab import recorded_network
 from tests.conftest import isolated_lab, plunderctl
 
 pytestmark = pytest.mark.e2e
 
 HOSTS = resource_for(PlunderHost)
+REPO = Path(__file__).resolve().parents[2]
 BOOT_BANNER = "iPXE initialising devices"
 
 
@@ -287,8 +292,46 @@ def mbr_signature(disk: Path) -> bytes:
     return bytes.fromhex("".join(row.split(":", 1)[1].split()[:16]))[14:16]
 
 
+def attacker_in_the_lab(lab: RunningLab, mac: str, secret: str) -> dict[str, Any]:
+    """Another client on the provisioning network, from an address of its own, tries it all.
+
+    See tests/e2e/attacker.py: it asks for the victim's script, token and bootstrap data, and
+    forges its progress and phone-home, while the victim provisions.
+    """
+    net = recorded_network(lab.folder)
+    assert net is not None
+    network.add_veth_port(net, "atk0", f"{lab.subnet.network_address + 250}/24")
+    done = subprocess.run(
+        network.in_namespace(
+            net,
+            [
+                sys.executable,
+                "-m",
+                "tests.e2e.attacker",
+                "--server",
+                f"http://{net.ipv4_address}:8080",
+                "--mac",
+                mac,
+                "--secret",
+                secret,
+            ],
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\nthe attacker on the lab network: {report}")
+    return report
+
+
 def test_an_os_is_installed_phones_home_and_is_wiped_again(lab: RunningLab) -> None:
-    """The whole cycle: available → provisioned from the lab's image → deprovisioned."""
+    """The whole cycle: available → provisioned from the lab's image → deprovisioned.
+
+    While the host provisions, an attacker on the lab network gets none of its bootstrap data.
+    """
     spec = lab.hosts[1]  # a BIOS host: the image boots through extlinux
     name, mac = spec["name"], spec["mac"]
     wait_for(lambda: mac in hosts_by_mac(lab, "available"), f"{name} to be available")
@@ -321,8 +364,16 @@ def test_an_os_is_installed_phones_home_and_is_wiped_again(lab: RunningLab) -> N
     def state() -> str | None:
         return hosts_by_mac(lab)[mac]["status"].get("state")
 
+    wait_for(lambda: state() == "provisioning", "the host to be provisioning", timeout=120)
+    attack = attacker_in_the_lab(lab, mac, marker)
     wait_for(lambda: state() == "provisioned", "the host to be provisioned", timeout=900)
     took = time.monotonic() - started
+    assert attack["leaked"] == [], f"the attacker got the bootstrap data: {attack}"
+    assert attack["tokens_in_script"] == 0 and attack["tokens_from_lookup"] == 0, attack
+    tries = attack["tries"]
+    assert tries.pop("iPXE script") == 200
+    refused = {name: status for name, status in tries.items() if status in (403, 404, 409)}
+    assert refused == tries, f"not refused: {set(tries.items()) - set(refused.items())}"
     assert lab.serial(name).count(marker) == 1, "cloud-init did not run the bootstrap data once"
     assert marker not in (lab.folder / "boot.log").read_text(), "user-data reached the log"
     phases = {p["name"]: p for p in hosts_by_mac(lab)[mac]["status"]["phases"]}

@@ -307,15 +307,21 @@ def lab_status(lab_dir: Path | None) -> None:
     "--all",
     "build_all",
     is_flag=True,
-    help="Also Cluster API's controllers, clusterctl and the in-cluster IPAM provider.",
+    help="Also Cluster API's controllers, clusterctl, the in-cluster IPAM provider, the "
+    "node's programs and all the hosts boot: agent, OS and Kubernetes node images, installer.",
 )
 def lab_build(build_all: bool) -> None:
-    """Build (once) the Go programs the lab runs, into the version-keyed cache."""
+    """Build (once) what the lab runs, into the version-keyed caches."""
     from plunder.images import binaries
 
     names = tuple(binaries.PROGRAMS) if build_all else binaries.PLANE_PROGRAMS
     for name, path in binaries.ensure_binaries(names).items():
         console.print(f"{name}: {path}")
+    if build_all:
+        from plunder.lab.lab import build_boot_files
+
+        build_boot_files()
+        console.print("agent, OS and node images, installer: built")
 
 
 @cli.group()

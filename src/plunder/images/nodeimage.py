@@ -160,15 +160,19 @@ def containerd_unit() -> str:
 
 
 def kubelet_unit() -> str:
-    """The kubelet's systemd unit, as the Kubernetes packages ship it.
+    """The kubelet's systemd unit: the packages' one, started once kubeadm wrote its config.
 
-    It restarts every few seconds until kubeadm has written its configuration.
+    kubeadm starts it then. The packages' unit restarts the kubelet every few seconds until
+    then; each start costs seconds of CPU on an emulated host, and a worker waits for its
+    control plane's ``kubeadm init`` to finish before it can join: that loop took CPU from the
+    control plane the worker was waiting for.
     """
     return (
         "[Unit]\n"
         "Description=kubelet: The Kubernetes Node Agent\n"
         "Wants=network-online.target containerd.service\n"
         "After=network-online.target containerd.service\n"
+        "ConditionPathExists=/var/lib/kubelet/config.yaml\n"
         "\n"
         "[Service]\n"
         f"ExecStart={BIN}/kubelet\n"
@@ -267,8 +271,15 @@ SELF=$(hostname)
 mkdir -p "$STATE" /etc/cni/net.d
 touch "$STATE/subnets"
 
+# Each kubectl start costs seconds of CPU on an emulated host, where the control plane starts
+# slowly: while the API server does not answer, wait longer each time (5 s up to 60 s).
+backoff() {
+    if [ "$1" -lt 60 ]; then echo $(($1 * 2)); else echo 60; fi
+}
+
 grant() {  # on a control-plane node: every node may read the Nodes (subnets, addresses)
     [ -s "$ADMIN" ] || return 0
+    delay=5
     until printf '%s\n' \
         'apiVersion: rbac.authorization.k8s.io/v1' 'kind: ClusterRole' \
         'metadata: {name: "plunder:podnet"}' \
@@ -280,7 +291,8 @@ grant() {  # on a control-plane node: every node may read the Nodes (subnets, ad
         '  name: "plunder:podnet"}' \
         'subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:nodes"}]' |
         @BIN@/kubectl --kubeconfig="$ADMIN" apply -f - >/dev/null; do
-        sleep 10
+        delay=$(backoff "$delay")
+        sleep "$delay"
     done
     echo "plunder-podnet: nodes may read the Nodes (ClusterRole plunder:podnet)"
 }
@@ -330,13 +342,17 @@ node() {  # name podCIDR internalIP: act only on what changed
 
 until [ -s "$KUBECONFIG" ]; do sleep 5; done
 grant &
+delay=5
 while :; do
+    started=$(date +%s)
     fields='{.metadata.name} {.spec.podCIDR}'
     fields="$fields"' {.status.addresses[?(@.type=="InternalIP")].address}{"\n"}'
     @BIN@/kubectl --kubeconfig="$KUBECONFIG" get nodes --watch --request-timeout=0 \
         -o jsonpath="$fields" |
         while read -r name subnet address; do node "$name" "$subnet" "${address%% *}"; done
-    sleep 5
+    # a watch that ran a while was working (the server ended it): start again soon
+    if [ $(($(date +%s) - started)) -gt 60 ]; then delay=5; else delay=$(backoff "$delay"); fi
+    sleep "$delay"
 done
 """
 

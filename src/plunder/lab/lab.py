@@ -194,10 +194,7 @@ def up(lab_dir: Path, options: LabOptions) -> LabInfo:
 def _start_hosts(lab_dir: Path, options: LabOptions, kubeconfig: Path) -> tuple[str, list[str]]:
     """The provisioning network, the boot service on it, libvirt, and the blank hosts."""
     files = lab_dir / "files"
-    publish_agent(files)
-    publish_os_image(files)
-    publish_node_image(files)
-    publish_installer(files)
+    publish_boot_files(files)
     net = network.create_network(options.netns, options.ipv4, options.ipv6)
     address = net.ipv4_address
     # The management plane's way to the workload clusters on the hosts: the subnet's last address.
@@ -271,6 +268,23 @@ def _publish(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def publish_boot_files(files: Path) -> None:
+    """Build (once) and serve all the hosts boot: agent, UEFI disk boot, images, installer."""
+    publish_agent(files)
+    publish_os_image(files)
+    publish_node_image(files)
+    publish_installer(files)
+
+
+def build_boot_files() -> None:
+    """Build (once) all :func:`publish_boot_files` serves, into the version-keyed caches."""
+    build_agent()
+    build_disk_boot()
+    build_os_image()
+    build_node_image()
+    build_debian_installer()
+
+
 def publish_agent(files: Path) -> None:
     """Build (once) the agent and serve it as files/agent/{vmlinuz,initrd.img}."""
     agent = build_agent()
@@ -323,20 +337,26 @@ def _recorded_options(lab_dir: Path) -> LabOptions | None:
     return LabOptions(**facts)
 
 
+def recorded_network(lab_dir: Path) -> network.LabNetwork | None:
+    """The provisioning network of the lab in ``lab_dir``; None if it runs without hosts."""
+    options = _recorded_options(lab_dir)
+    if options is None or not options.hosts:
+        return None
+    return network.LabNetwork(
+        options.netns, "br0", IPv4Interface(options.ipv4), IPv6Interface(options.ipv6)
+    )
+
+
 def down(lab_dir: Path, remove: bool = True) -> list[str]:
     """Stop the hosts and every recorded process; remove the namespace and the lab folder."""
-    options = _recorded_options(lab_dir)
+    lab_network = recorded_network(lab_dir)
     stopped = ["bmcs"] if bmc.stop_bmcs(lab_dir / "bmc") else []
     if (lab_dir / "hv").exists():
         hypervisor.stop_hypervisor(lab_dir / "hv")
         stopped.append("hosts")
     stopped += [name for name in COMPONENTS if processes.stop_recorded(lab_dir, name)]
-    if options is not None and options.hosts:
-        network.delete_network(
-            network.LabNetwork(
-                options.netns, "br0", IPv4Interface(options.ipv4), IPv6Interface(options.ipv6)
-            )
-        )
+    if lab_network is not None:
+        network.delete_network(lab_network)
     if remove:
         shutil.rmtree(lab_dir, ignore_errors=True)
     return stopped
