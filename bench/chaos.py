@@ -58,20 +58,25 @@ def seconds(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f}s"
 
 
+def recovery(phase: Phase) -> str:
+    """From the last disruption to all provisioned ("-" with nothing disrupted)."""
+    return seconds(phase.recovery_s) if phase.disruptions else "-"
+
+
 def disruptions(phase: Phase) -> str:
     counts = {what: 0 for what in (CONTROLLER, BOOT, APISERVER)}
     for disruption in phase.disruptions:
         counts[disruption.what] += 1
-    return ", ".join(f"{n} {what}" for what, n in counts.items() if n) or "none"
+    return ", ".join(f"{n} {what.split()[0]}" for what, n in counts.items() if n) or "none"
 
 
 ROWS: list[tuple[str, Callable[[Findings], str]]] = [
     ("disrupted while provisioning", lambda f: disruptions(f.provisioning)),
     ("all provisioned after", lambda f: seconds(f.provisioning.done_s)),
-    ("  recovery after the last", lambda f: seconds(f.provisioning.recovery_s)),
+    ("  recovery after the last", lambda f: recovery(f.provisioning)),
     ("disrupted while churning", lambda f: disruptions(f.deletion)),
     ("churn done after", lambda f: seconds(f.deletion.done_s)),
-    ("  recovery after the last", lambda f: seconds(f.deletion.recovery_s)),
+    ("  recovery after the last", lambda f: recovery(f.deletion)),
     ("machines provisioned", lambda f: f"{f.provisioned}/{f.total}"),
     ("hosts given twice", lambda f: str(len(f.given_twice))),
     ("machines given two hosts", lambda f: str(len(f.two_hosts))),
@@ -86,9 +91,9 @@ def report(results: list[Findings], seed: int) -> None:
     version = binaries.pinned_versions()["k8s.io/kubernetes"]
     size = results[0].size
     print(f"\nchaos over {size} simulated hosts (seed {seed}; kube-apiserver {version})")
-    print(f"{'':30}" + "".join(f"{r.label:>36}" for r in results))
+    print(f"{'':30}" + "".join(f"{r.label:>42}" for r in results))
     for title, cell in ROWS:
-        print(f"{title:30}" + "".join(f"{cell(r):>36}" for r in results))
+        print(f"{title:30}" + "".join(f"{cell(r):>42}" for r in results))
     for found in results:
         for kind, items in (
             ("given twice", found.given_twice),

@@ -425,9 +425,7 @@ def run(
     print(f"{label}: {size} hosts and machines, seed {seed}", flush=True)
     with world(plane, folder / label, size, seed, install_seconds=install_seconds) as chaos:
         provisioning = chaos.provision(plan, patience)
-        print(
-            f"  all provisioned after {provisioning.done_s}s; deleting {len(plan.delete)}",
-            flush=True,
-        )
+        took = "never" if provisioning.done_s is None else f"{provisioning.done_s:.1f}s"
+        print(f"  all provisioned after {took}; deleting {len(plan.delete)}", flush=True)
         deletion = chaos.churn(plan, patience)
         return chaos.findings(label, provisioning, deletion)
