@@ -26,7 +26,6 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +40,7 @@ from tests.integration.test_machine_world import (  # noqa: E402
     MACHINES,
     Agent,
     Controller,
-    create_cluster,
-    create_host,
-    create_machine,
+    populate,
 )
 
 from plunder.images import binaries  # noqa: E402
@@ -129,21 +126,6 @@ class Progress(threading.Thread):
                 self.done.set()
                 self.stopping.set()
                 return
-
-
-def populate(kube: Client, namespace: str, size: int) -> None:
-    """Hosts, then Machines with their Secrets and PlunderMachines, 16 requests at a time."""
-    create_cluster(kube, namespace)
-    with ThreadPoolExecutor(16) as pool:
-        list(
-            pool.map(
-                lambda i: create_host(
-                    kube, namespace, f"h{i:04d}", f"00:50:56:{i >> 8:02x}:{i & 0xFF:02x}:01"
-                ),
-                range(size),
-            )
-        )
-        list(pool.map(lambda i: create_machine(kube, namespace, f"m{i:04d}"), range(size)))
 
 
 def one_size(

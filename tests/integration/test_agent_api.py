@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx2
 import pytest
 from lightkube import Client
-from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import ObjectMeta, Status
 from lightkube.resources.core_v1 import Event, Secret
 from lightkube.types import PatchType
 
@@ -233,3 +235,29 @@ async def test_provisioning_data_failure_and_phone_home(
         reason == "PlunderProvision" and "successfully provisioned OS in" in message
         for reason, message in reasons
     )
+
+
+async def test_api_trouble_is_answered_ask_again_not_as_a_malformed_request(
+    boot: BootService, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that lost a race is a 409, an API server out of reach a 503: both ask again.
+
+    The chaos run (bench/chaos.py) saw both answered 500 and logged "refused a malformed
+    request", which sends an operator looking for a broken client.
+    """
+    token = await boot_agent(boot)
+    await asyncio.sleep(0.2)
+    path = f"/agent/v1/{MAC}/inspection"
+    for trouble, answer in (
+        (ApiError(status=Status(code=409, message="the object has been modified")), 409),
+        (httpx2.ConnectError("All connection attempts failed"), 503),
+        (ApiError(status=Status(code=503, message="not ready")), 503),
+    ):
+
+        async def failing(*_: Any, error: Exception = trouble) -> None:
+            raise error
+
+        monkeypatch.setattr(boot.backend, "patch_host_status", failing)
+        status, text = await call(boot, "POST", path, token, json=HARDWARE)
+        assert status == answer and "ask again" in text, (status, text)
+    assert "malformed" not in caplog.text

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import random
 import re
+import secrets
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
@@ -298,6 +299,37 @@ async def test_of_many_lookups_at_once_exactly_one_gets_the_token(
     [token] = [text.removeprefix("token=").strip() for status, text in answers if status == 200]
     await cache_shows(boot, lambda h: bool(h.status and h.status.agent_boot_id))
     assert (await victim.call("GET", f"/agent/v1/{VICTIM}/work", token))[0] == 200
+
+
+async def test_a_wipe_lookup_whose_answer_was_lost_is_answered_again_to_its_boot_only(
+    boot: BootService, kube: Client, namespace: str, victim: Peer, attacker: Peer
+) -> None:
+    """The wipe's boot id is written, and the answer never reaches the agent.
+
+    The boot service was killed after its write, or the connection dropped (a kill point of the
+    chaos run, bench/chaos.py). Every later lookup was refused ("the token of this wipe was
+    issued already"), so the host stayed deprovisioning for good, its machine's deletion too.
+    The agent sends a nonce of its boot with each lookup; asked again with that nonce, the boot
+    service answers with the same token, and to anyone else still with nothing.
+    """
+    await victim.call("GET", f"/boot.ipxe?mac={VICTIM}")
+    await cache_shows(boot, lambda h: True)
+    patch(kube, namespace, {"spec": {"accepted": True}})
+    deprovisioning = [{"name": "deprovisioning", "started": "2026-12-01T12:00:00.000Z"}]
+    patch(kube, namespace, {"status": {"state": "deprovisioning", "phases": deprovisioning}}, True)
+    await cache_shows(boot, state_is("deprovisioning"))
+    lookup = f"/agent/v1/{VICTIM}/lookup"
+    nonce = secrets.token_hex(16)
+    first = await victim.call("POST", lookup, data={"mac": VICTIM, "nonce": nonce})
+    assert first[0] == 200  # ... and lost on its way
+    await cache_shows(boot, lambda h: bool(h.status and h.status.agent_boot_id))
+    for guess in ({"mac": VICTIM}, {"mac": VICTIM, "nonce": secrets.token_hex(16)}):
+        assert (await attacker.call("POST", lookup, data=guess))[0] == 409
+    assert await victim.call("POST", lookup, data={"mac": VICTIM, "nonce": nonce}) == first
+    token = first[1].removeprefix("token=").strip()
+    assert (await victim.call("GET", f"/agent/v1/{VICTIM}/work", token))[1].startswith(
+        "action=wipe\n"
+    )
 
 
 async def test_with_dhcp_leases_a_lookup_must_come_from_the_hosts_address(

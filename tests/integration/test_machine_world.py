@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,34 +53,36 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0, what: str =
         time.sleep(0.1)
 
 
-class Controller:
-    """``plunderctl controller`` as a subprocess that a test can kill -9 and start again."""
+class Restartable:
+    """A service as a subprocess that a test can kill -9 and start again, as a Deployment would.
 
-    def __init__(
-        self, plane: Plane, log: Path, namespace: str | None = None, args: tuple[str, ...] = ()
-    ) -> None:
-        self.plane = plane
+    Subclasses say how it is started (:meth:`argv`) and on which port it answers ``/healthz``.
+    """
+
+    name = "service"
+
+    def __init__(self, log: Path) -> None:
         self.log = log
-        self.namespace = namespace
-        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
 
+    def argv(self, port: int) -> list[str]:
+        """The command line, answering /healthz on ``port``."""
+        raise NotImplementedError
+
+    def port(self) -> int:
+        """The port of this start (a new free one unless the service keeps its own)."""
+        return processes.free_port()
+
     def start(self) -> None:
-        port = processes.free_port()
+        port = self.port()
         with self.log.open("ab") as log_file:
             self.process = subprocess.Popen(
-                [
-                    *controller_argv(self.plane.kubeconfig, port),
-                    *(["--namespace", self.namespace] if self.namespace else []),
-                    *self.args,
-                ],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
+                self.argv(port), stdout=log_file, stderr=subprocess.STDOUT
             )
         processes.wait_until(
             processes.http_ok(f"http://127.0.0.1:{port}/healthz"),
-            "controller",
-            processes.Managed("controller", self.process.pid, self.log),
+            self.name,
+            processes.Managed(self.name, self.process.pid, self.log),
         )
 
     def kill(self) -> None:
@@ -92,6 +95,27 @@ class Controller:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+class Controller(Restartable):
+    """``plunderctl controller`` as a subprocess that a test can kill -9 and start again."""
+
+    name = "controller"
+
+    def __init__(
+        self, plane: Plane, log: Path, namespace: str | None = None, args: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(log)
+        self.plane = plane
+        self.namespace = namespace
+        self.args = args
+
+    def argv(self, port: int) -> list[str]:
+        return [
+            *controller_argv(self.plane.kubeconfig, port),
+            *(["--namespace", self.namespace] if self.namespace else []),
+            *self.args,
+        ]
 
 
 @contextlib.contextmanager
@@ -228,6 +252,24 @@ def create_hosts(kube: Client, namespace: str, count: int, **labels: str) -> lis
     for i, name in enumerate(names):
         create_host(kube, namespace, name, f"00:50:56:a5:11:{i:02x}", dict(labels))
     return names
+
+
+def populate(kube: Client, namespace: str, size: int, workers: int = 16) -> None:
+    """A Cluster, ``size`` available hosts, then ``size`` Machines, ``workers`` requests at once.
+
+    Hosts ``h0000``…, machines ``m0000``… (with their bootstrap Secrets and PlunderMachines).
+    """
+    create_cluster(kube, namespace)
+    with ThreadPoolExecutor(workers) as pool:
+        list(
+            pool.map(
+                lambda i: create_host(
+                    kube, namespace, f"h{i:04d}", f"00:50:56:{i >> 8:02x}:{i & 0xFF:02x}:01"
+                ),
+                range(size),
+            )
+        )
+        list(pool.map(lambda i: create_machine(kube, namespace, f"m{i:04d}"), range(size)))
 
 
 def create_machine(

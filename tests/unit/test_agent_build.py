@@ -229,3 +229,18 @@ def test_the_script_is_shellcheck_clean(tmp_path: Path) -> None:
             ["shellcheck", "--shell=sh", str(script)], capture_output=True, text=True
         )
         assert result.returncode == 0, result.stdout
+
+
+def test_a_lookup_asked_again_carries_the_same_nonce_of_its_boot(tmp_path: Path) -> None:
+    """The boot service answers a lookup asked again with this nonce (its answer was lost)."""
+    posted = _agent_sh(
+        "RUN=$1 MAC=00:50:56:a5:11:20 SERVER=http://192.0.2.1:8080\n"
+        "log() { :; }\n"
+        'timeout() { shift; "$@"; }\n'
+        'wget() { printf "%s\\n" "$@" | grep "^mac=" >>"$RUN/posted"\n'
+        '  echo token=t >"$RUN/lookup.out"; }\n'
+        'lookup; rm "$RUN/token"; lookup; cat "$RUN/posted"',
+        str(tmp_path),
+    ).splitlines()
+    assert len(posted) == 2 and posted[0] == posted[1], posted
+    assert re.fullmatch(r"mac=00:50:56:a5:11:20&nonce=[0-9a-f]{32}", posted[0]), posted

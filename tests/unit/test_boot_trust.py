@@ -82,6 +82,20 @@ def test_a_wipe_needs_the_token_of_a_boot_after_the_controller_asked_for_it() ->
     assert trust.refuse_lookup(wiped, 0, 60) is not None
 
 
+def test_the_boot_a_token_went_to_is_given_it_again_with_its_nonce_only() -> None:
+    deprovisioning = [*WRITTEN, {"name": "deprovisioning", "started": T1}]
+    nonce = "5f" * 16
+    boot_id = trust.new_boot_id(host("deprovisioning", boot_id=None, phases=deprovisioning), nonce)
+    wiping = host("deprovisioning", boot_id=boot_id, phases=deprovisioning)
+    assert nonce not in boot_id
+    assert trust.asked_again(wiping, nonce)
+    assert not trust.asked_again(wiping, "a0" * 16) and not trust.asked_again(wiping, None)
+    assert trust.refuse_lookup(wiping, 0, 60) is not None, "without it: one token per wipe"
+    assert trust.lookup_nonce(nonce) == nonce
+    assert trust.lookup_nonce("5f" * 8) is None, "too short to be unguessable"
+    assert trust.lookup_nonce("") is None and trust.lookup_nonce("x" * 32) is None
+
+
 def test_boot_ids_are_unguessable_and_distinct() -> None:
     ids = {trust.new_boot_id(host("available")) for _ in range(100)}
     assert len(ids) == 100 and all(len(i) == 16 for i in ids)

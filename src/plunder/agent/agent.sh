@@ -172,13 +172,21 @@ http_result() {
 
 # lookup: the token of this boot. Kept in $RUN; else asked for until the boot service gives it
 # (409: it was given already, to this boot's first lookup; the agent keeps asking, visibly).
+# Each lookup carries this boot's nonce: a lookup whose answer was lost (the service restarted,
+# the connection dropped) is answered again with this boot's token, and nobody else's is.
 lookup() {
 	if [ -s "$RUN/token" ]; then
 		TOKEN=$(cat "$RUN/token")
 		return 0
 	fi
+	if [ ! -s "$RUN/nonce" ]; then
+		(
+			umask 077
+			head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/nonce"
+		)
+	fi
 	tries=0
-	until timeout 60 wget -q -O "$RUN/lookup.out" --post-data "mac=$MAC" \
+	until timeout 60 wget -q -O "$RUN/lookup.out" --post-data "mac=$MAC&nonce=$(cat "$RUN/nonce")" \
 		"$SERVER/agent/v1/$MAC/lookup" 2>"$RUN/wget.err"; do
 		tries=$((tries + 1))
 		[ $((tries % 15)) -eq 1 ] && log "lookup failed: $(http_error)"

@@ -13,7 +13,9 @@ no secret, and neither iPXE nor an installer can prove which machine it runs on.
   token of the boot that installed the OS is worthless for the wipe), or when its holder has
   been silent for :attr:`~plunder.boot.settings.BootSettings.agent_silence_seconds` while
   nothing is at stake (no write of the disk under way). An installer boot, whose kernel cannot
-  make a lookup, gets its token in its script under the same rules.
+  make a lookup, gets its token in its script under the same rules. The agent's lookup carries
+  a nonce of its boot; asked again with it, the boot service gives the same token again, so an
+  answer lost on the way (the service killed after its write) does not lock the boot out.
 - **Bootstrap data only while it is needed:** user-data and vendor-data (with the phone-home
   token) are served only to a host in ``provisioning`` whose write has not ended; the
   phone-home is taken only after it has ended. The phone-home token is an HMAC under another
@@ -25,6 +27,8 @@ no secret, and neither iPXE nor an installer can prove which machine it runs on.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import re
 import secrets
 
 from plunder.api.inventory import PlunderHost
@@ -79,11 +83,42 @@ def controller_cycle(host: PlunderHost) -> str:
     return hashlib.sha256(started.encode()).hexdigest()[:8]
 
 
-def new_boot_id(host: PlunderHost) -> str:
-    """A fresh, unguessable boot id, stamped with the controller's cycle it answers."""
+_NONCE = re.compile(r"[0-9a-f]{32,128}")
+
+
+def lookup_nonce(value: str | None) -> str | None:
+    """The nonce of the agent's boot sent with its lookup, if it is one (hex, >= 128 bits)."""
+    return value if value and _NONCE.fullmatch(value) else None
+
+
+def _nonce_digest(nonce: str) -> str:
+    return hashlib.sha256(nonce.encode()).hexdigest()[:16]
+
+
+def new_boot_id(host: PlunderHost, nonce: str | None = None) -> str:
+    """A fresh, unguessable boot id, stamped with the controller's cycle it answers.
+
+    Given the nonce of the agent's lookup, its random part is the nonce's hash, so that the same
+    boot asking again is known (:func:`asked_again`); the nonce itself is not stored.
+    """
     cycle = controller_cycle(host)
-    random = secrets.token_hex(8)
+    random = _nonce_digest(nonce) if nonce else secrets.token_hex(8)
     return f"{random}{_CYCLE_SEPARATOR}{cycle}" if cycle else random
+
+
+def asked_again(host: PlunderHost, nonce: str | None) -> bool:
+    """Whether a lookup with ``nonce`` comes from the boot that the current token was issued to.
+
+    The first answer was lost: the service died after its write of the boot id, or the
+    connection dropped. Refused, that boot could never have its token (a wipe's above all: one
+    token per wipe), and the host would wait for good. Nobody else has the nonce: the agent
+    keeps it, and only its hash is recorded.
+    """
+    boot_id = current_boot_id(host)
+    if boot_id is None or nonce is None:
+        return False
+    random, _, _ = boot_id.partition(_CYCLE_SEPARATOR)
+    return hmac.compare_digest(random, _nonce_digest(nonce))
 
 
 def current_boot_id(host: PlunderHost) -> str | None:

@@ -6,6 +6,7 @@ it generates its own PKI, listens only on 127.0.0.1 and writes an admin kubeconf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import ssl
 import urllib.request
@@ -151,20 +152,42 @@ def start_plane(run_dir: Path, ports: PlanePorts | None = None, timeout: float =
     processes.wait_until(
         processes.http_ok(f"http://127.0.0.1:{ports.etcd_client}/health"), "etcd", etcd, timeout
     )
-    apiserver = processes.start(
-        "kube-apiserver", apiserver_argv(programs["kube-apiserver"], pki, ports), run_dir
-    )
+    apiserver = _start_apiserver(programs["kube-apiserver"], run_dir, pki, ports)
     kubeconfig = run_dir / "kubeconfig"
     write_kubeconfig(kubeconfig, f"https://127.0.0.1:{ports.apiserver}", pki)
     plane = Plane(run_dir, ports, pki, kubeconfig, etcd, apiserver)
     try:
-        processes.wait_until(
-            processes.http_ok(f"{plane.server}/readyz", plane.ssl_context()),
-            "kube-apiserver",
-            apiserver,
-            timeout,
-        )
+        _wait_ready(plane, timeout)
     except processes.StartupError:
         plane.stop()
         raise
     return plane
+
+
+def restart_apiserver(plane: Plane, timeout: float = 90.0) -> Plane:
+    """Stop the API server (SIGTERM) and start it again on its port, etcd left running.
+
+    Every object stays (it is in etcd); clients keep their kubeconfig and see their connections
+    and watches end. Returns the plane with the new process: stop that one.
+    """
+    processes.stop(plane.apiserver.pid)
+    program = binaries.ensure_binary("kube-apiserver")
+    apiserver = _start_apiserver(program, plane.run_dir, plane.pki, plane.ports)
+    restarted = dataclasses.replace(plane, apiserver=apiserver)
+    _wait_ready(restarted, timeout)
+    return restarted
+
+
+def _start_apiserver(
+    program: Path, run_dir: Path, pki: PlanePKI, ports: PlanePorts
+) -> processes.Managed:
+    return processes.start("kube-apiserver", apiserver_argv(program, pki, ports), run_dir)
+
+
+def _wait_ready(plane: Plane, timeout: float) -> None:
+    processes.wait_until(
+        processes.http_ok(f"{plane.server}/readyz", plane.ssl_context()),
+        "kube-apiserver",
+        plane.apiserver,
+        timeout,
+    )

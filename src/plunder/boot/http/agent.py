@@ -98,7 +98,9 @@ def _silent_for(request: web.Request, host: PlunderHost) -> float:
     return silent
 
 
-async def issue_token(request: web.Request, host: PlunderHost, who: str) -> str:
+async def issue_token(
+    request: web.Request, host: PlunderHost, who: str, nonce: str | None = None
+) -> str:
     """The token of a new boot of ``host``, if :func:`trust.refuse_lookup` allows one now.
 
     The boot id is written guarded by the resourceVersion the decision was made on, so of two
@@ -119,7 +121,7 @@ async def issue_token(request: web.Request, host: PlunderHost, who: str) -> str:
             app[METRICS_KEY].rejected.labels("token-issued-already").inc()
             raise web.HTTPConflict(text=f"{refusal}\n")
         read = host.status.agent_boot_id if host.status else None
-        boot_id = trust.new_boot_id(host)
+        boot_id = trust.new_boot_id(host, nonce)
         change = hoststate.booted_agent(host, boot_id, datetime.now(UTC))
         try:
             await app[BACKEND_KEY].patch_host_status(host, change.status or {})
@@ -140,12 +142,22 @@ async def issue_token(request: web.Request, host: PlunderHost, who: str) -> str:
 
 
 async def lookup(request: web.Request) -> web.Response:
-    """The agent of a new boot asks for its token: the first lookup of a boot gets it."""
+    """The agent of a new boot asks for its token: the first lookup of a boot gets it.
+
+    A lookup with the nonce the current token was issued for is answered again with that token
+    (:func:`trust.asked_again`: the first answer was lost).
+    """
     mac = _mac_of(request)
     host = request.app[BACKEND_KEY].by_mac(mac)
     if host is None:
         raise web.HTTPNotFound(text="no such host (yet)\n")
-    return _kv({"token": await issue_token(request, host, "lookup")})
+    nonce = trust.lookup_nonce(str((await request.post()).get("nonce", "")))
+    boot_id = trust.current_boot_id(host)
+    if boot_id is not None and trust.asked_again(host, nonce):
+        request.app[HOLDERS_KEY].heard(mac)
+        log.info("lookup of %s from %s answered again: its boot asked", mac, request.remote)
+        return _kv({"token": request.app[SIGNER_KEY].token(mac, boot_id)})
+    return _kv({"token": await issue_token(request, host, "lookup", nonce)})
 
 
 async def inspection(request: web.Request) -> web.Response:

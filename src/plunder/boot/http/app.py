@@ -15,7 +15,9 @@ import logging
 from datetime import UTC, datetime
 from typing import Literal
 
+import httpx2
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -197,6 +199,31 @@ def _agent_available(settings: BootSettings) -> bool:
     return files is not None and (files / decide.AGENT_KERNEL).is_file()
 
 
+@web.middleware
+async def api_trouble(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The API's trouble is answered as such, with one line: "ask again", not a server error.
+
+    A guarded write that lost to another writer is a 409; an API server that is restarting, busy
+    or out of reach, a 503 (any other API error is this service's own, and stays a 500). Either
+    way the caller asks again (agent.sh retries both), and the log says what happened instead
+    of calling it a malformed request.
+    """
+    try:
+        return await handler(request)
+    except ApiError as error:
+        code = error.status.code or 0
+        if code == 409:
+            log.info("%s %s: the host changed meanwhile (%s)", request.method, request.path, error)
+            raise web.HTTPConflict(text="the host changed meanwhile; ask again\n") from None
+        if code != 429 and code < 500:
+            raise
+        problem = f"{code} {error.status.message}"
+    except httpx2.TransportError as error:
+        problem = f"{type(error).__name__}: {error}"
+    log.warning("%s %s: the API server did not take it (%s)", request.method, request.path, problem)
+    raise web.HTTPServiceUnavailable(text="the API server is not answering; ask again\n")
+
+
 async def healthz(request: web.Request) -> web.Response:
     """200 once the host cache is synced."""
     if not request.app[READY_KEY].is_set():
@@ -223,7 +250,7 @@ def make_app(
     events: EventSink,
 ) -> web.Application:
     """The boot service's web application."""
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[api_trouble])
     app[CLIENT_KEY] = client
     app[SIGNER_KEY] = signer
     app[HOLDERS_KEY] = tokens.Holders()
