@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import secrets
 import sys
 import tempfile
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' fuzze
 
 from lightkube import Client  # noqa: E402
 from tests.e2e.conftest import lab_boot_settings  # noqa: E402
+from tests.e2e.fuzzing import dhcp_fuzzer, http_fuzzer, run_in_lab  # noqa: E402
 
 from plunder.api.inventory import PlunderHost  # noqa: E402
 from plunder.boot.service import BootService  # noqa: E402
@@ -40,39 +40,6 @@ from plunder.k8s.resources import resource_for  # noqa: E402
 from plunder.lab import network  # noqa: E402
 from plunder.lab.network import LabNetwork  # noqa: E402
 from plunder.lab.plane import start_plane  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-async def in_lab(lab: LabNetwork, module: str, *args: str) -> dict[str, Any]:
-    """Run a fuzzer module inside the namespace; the JSON report it printed last."""
-    process = await asyncio.create_subprocess_exec(
-        *network.in_namespace(lab, [sys.executable, "-m", module, *args]),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    if process.returncode != 0:
-        raise RuntimeError(f"{module}: {err.decode()}")
-    report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    return report
-
-
-def dhcp_args(lab: LabNetwork, count: int, seconds: float) -> list[str]:
-    return [
-        "tests.e2e.dhcp_fuzzer",
-        *("--iface", "fz0", "--server", lab.ipv4_address),
-        *("--count", str(count), "--seconds", str(seconds)),
-    ]
-
-
-def http_args(lab: LabNetwork, count: int, seconds: float) -> list[str]:
-    return [
-        "tests.e2e.http_fuzzer",
-        *("--server", lab.ipv4_address),
-        *("--count", str(count), "--seconds", str(seconds)),
-    ]
 
 
 def probes(dhcp: dict[str, Any], http: dict[str, Any]) -> dict[str, str]:
@@ -124,12 +91,13 @@ async def fuzz(
 ) -> None:
     assert service.dnsmasq is not None
     before = probes(
-        await in_lab(lab, *dhcp_args(lab, 0, 1)), await in_lab(lab, *http_args(lab, 0, 1))
+        await run_in_lab(lab, dhcp_fuzzer(lab, "fz0", 0, 1)),
+        await run_in_lab(lab, http_fuzzer(lab, 0, 1)),
     )
     pid = service.dnsmasq.pid
     started = time.monotonic()
-    dhcp = await in_lab(lab, *dhcp_args(lab, count, seconds))
-    http = await in_lab(lab, *http_args(lab, count, seconds))
+    dhcp = await run_in_lab(lab, dhcp_fuzzer(lab, "fz0", count, seconds))
+    http = await run_in_lab(lab, http_fuzzer(lab, count, seconds))
     took = time.monotonic() - started
     after = probes(dhcp, http)
     hosts = len(list(kube.list(resource_for(PlunderHost), namespace="default")))

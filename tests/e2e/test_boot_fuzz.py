@@ -9,14 +9,11 @@ and a well-formed PXE DISCOVER and TFTP read must still be answered correctly.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
 
 import pytest
 from lightkube import Client
@@ -27,12 +24,13 @@ from plunder.lab.network import LabNetwork
 from plunder.lab.plane import Plane
 from tests.conftest import running
 from tests.e2e.conftest import lab_boot_settings
+from tests.e2e.fuzzing import dhcp_fuzzer, http_fuzzer, run_in_lab
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 FUZZ_COUNT = 3000
 FUZZ_SECONDS = 60
+TIMEOUT_S = FUZZ_SECONDS + 120
 
 
 @pytest.fixture
@@ -61,16 +59,7 @@ async def test_malformed_dhcp_and_tftp_never_stop_the_boot_service(
         lab_network, "fz0", f"{lab_network.ipv4.network.network_address + 250}/24"
     )
     report = await run_in_lab(
-        lab_network,
-        "tests.e2e.dhcp_fuzzer",
-        "--iface",
-        "fz0",
-        "--server",
-        lab_network.ipv4_address,
-        "--count",
-        str(FUZZ_COUNT),
-        "--seconds",
-        str(FUZZ_SECONDS),
+        lab_network, dhcp_fuzzer(lab_network, "fz0", FUZZ_COUNT, FUZZ_SECONDS), TIMEOUT_S
     )
     print(f"\nfuzz run: {report}")
 
@@ -102,16 +91,7 @@ async def test_dnsmasq_is_started_again_when_it_dies(
     network.add_veth_port(
         lab_network, "fz1", f"{lab_network.ipv4.network.network_address + 251}/24"
     )
-    report = await run_in_lab(
-        lab_network,
-        "tests.e2e.dhcp_fuzzer",
-        "--iface",
-        "fz1",
-        "--server",
-        lab_network.ipv4_address,
-        "--count",
-        "0",
-    )
+    report = await run_in_lab(lab_network, dhcp_fuzzer(lab_network, "fz1", 0), TIMEOUT_S)
     assert report["discover"]["answered"] and report["discover"]["file"] == "undionly.kpxe"
 
 
@@ -120,14 +100,7 @@ async def test_malformed_http_never_stops_the_boot_service(
 ) -> None:
     """Hostile HTTP from a client on the provisioning network: refused, never a crash or a file."""
     report = await run_in_lab(
-        lab_network,
-        "tests.e2e.http_fuzzer",
-        "--server",
-        lab_network.ipv4_address,
-        "--count",
-        str(FUZZ_COUNT),
-        "--seconds",
-        str(FUZZ_SECONDS),
+        lab_network, http_fuzzer(lab_network, FUZZ_COUNT, FUZZ_SECONDS), TIMEOUT_S
     )
     print(f"\nHTTP fuzz run: {report}")
     outcomes = report["http_outcomes"]
@@ -140,17 +113,3 @@ async def test_malformed_http_never_stops_the_boot_service(
     script = report["boot_script"]
     assert script["status"] == "200" and script["body"].startswith("#!ipxe"), script
     assert boot_in_lab.ready.is_set()
-
-
-async def run_in_lab(lab_network: LabNetwork, module: str, *args: str) -> dict[str, Any]:
-    """Run a fuzzer module inside the lab's namespace; the JSON report it printed last."""
-    process = await asyncio.create_subprocess_exec(
-        *network.in_namespace(lab_network, [sys.executable, "-m", module, *args]),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), FUZZ_SECONDS + 120)
-    assert process.returncode == 0, err.decode()
-    report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    return report
