@@ -41,6 +41,7 @@ from plunder.k8s.resources import as_dict, resource_for
 from plunder.operator import machine_delete
 from plunder.operator.caches import Caches, Key
 from plunder.operator.machine_delete import delete_ip_address_claim, fetch_host, release_host
+from plunder.operator.slots import ProvisioningSlots
 from plunder.operator.wakeups import Wakeups
 from plunder.operator.workqueue import WorkQueue
 from plunder.reconcile import machine as decide
@@ -156,7 +157,7 @@ class MachineController:
                 )
                 return delay
             reconciler = MachineReconciler(
-                body, client, self.caches, self.wakeups, self.ledger, memory
+                body, client, self.caches, self.wakeups, self.ledger, memory, self.memo.slots
             )
             delay = await reconciler.reconcile()
             if not memory.finalized and machine_delete.with_finalizer(body) is not None:
@@ -283,8 +284,10 @@ class MachineReconciler:
         wakeups: Wakeups,
         ledger: ClaimLedger,
         memory: MachineMemory,
+        slots: ProvisioningSlots,
     ) -> None:
         self.body = body
+        self.slots = slots
         self.ledger = ledger
         self.client = client
         self.caches = caches
@@ -348,10 +351,14 @@ class MachineReconciler:
             now,
             host=host,
             failure_domain=host.labels.get(label) if label else None,
+            slot_wait=decide.waiting_for_slot(host, self.slots.waiting_for(namespace, host.name)),
         )
-        before = self.memory.previous.state if self.memory.previous else None
+        previous = self.memory.previous
         await self.write_status(machine, status)
-        self.post(decide.transition_events(before, status.state, host))
+        self.post(
+            decide.transition_events(previous.state if previous else None, status.state, host)
+        )
+        self.post(decide.slot_wait_events(previous, status))
         return SETTLED_RESYNC
 
     def bound(self, machine: PlunderMachine, hosts: list[HostCandidate]) -> HostCandidate | None:
