@@ -88,7 +88,7 @@ def _machine() -> PlunderMachine:
 
 def test_a_machine_whose_host_waits_is_pending_with_the_condition_and_one_event() -> None:
     refusal = slots.Decision(False, {}, 3, 3)
-    wait = decide.waiting_for_slot(_host("available"), refusal)
+    wait = decide.waiting_for_slot(_host("available"), refusal, None)
     assert wait is not None
     now = datetime(2026, 12, 2, tzinfo=UTC)
     status = decide.machine_status(_machine(), None, now, host=_host("available"), slot_wait=wait)
@@ -106,7 +106,35 @@ def test_a_machine_whose_host_waits_is_pending_with_the_condition_and_one_event(
     assert decide.slot_wait_events(status, again) == []  # announced once
 
 
-def test_a_host_in_a_slot_state_is_not_waiting_whatever_the_memory_says() -> None:
+def test_a_host_in_a_slot_state_is_not_waiting_whatever_the_gate_says() -> None:
     refusal = slots.Decision(False, {}, 3, 3)
-    assert decide.waiting_for_slot(_host("provisioning"), refusal) is None
-    assert decide.waiting_for_slot(_host("available"), None) is None
+    assert decide.waiting_for_slot(_host("provisioning"), refusal, None) is None
+    assert decide.waiting_for_slot(_host("available"), None, None) is None
+
+
+def test_a_wait_shown_is_kept_until_the_gate_decides_again_after_a_restart() -> None:
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    refusal = slots.Decision(False, {}, 3, 3)
+    wait = decide.waiting_for_slot(_host("available"), refusal, None)
+    shown = decide.machine_status(_machine(), None, now, host=_host("available"), slot_wait=wait)
+    kept = decide.waiting_for_slot(_host("available"), None, shown)
+    assert kept is not None and kept.message == "host h1: 3 of 3 provisioning slots in use; waiting"
+    # once the host moved, or failed, the wait is over whatever was shown
+    assert decide.waiting_for_slot(_host("provisioning"), None, shown) is None
+    assert decide.waiting_for_slot(_host("error"), None, shown) is None
+    assert decide.waiting_for_slot(_host("provisioned"), None, shown) is None
+
+
+def test_plunderctl_controller_refuses_a_limit_below_one_before_it_starts() -> None:
+    from click.testing import CliRunner
+
+    from plunder.cli.main import cli
+
+    for argv, env in (
+        (["controller", "--provisioning-limit", "0"], {}),
+        (["controller"], {"PLUNDER_PROVISIONING_LIMIT": "0"}),
+    ):
+        result = CliRunner().invoke(cli, argv, env=env)
+        assert result.exit_code == 2
+        assert "'--provisioning-limit'" in result.output
+        assert "0 is not in the range x>=1" in result.output

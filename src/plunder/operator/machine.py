@@ -351,7 +351,9 @@ class MachineReconciler:
             now,
             host=host,
             failure_domain=host.labels.get(label) if label else None,
-            slot_wait=decide.waiting_for_slot(host, self.slots.waiting_for(namespace, host.name)),
+            slot_wait=decide.waiting_for_slot(
+                host, self.slots.waiting_for(namespace, host.name), self.memory.previous
+            ),
         )
         previous = self.memory.previous
         await self.write_status(machine, status)

@@ -260,8 +260,14 @@ class ProvisioningSlots:
             for key, waiter in sorted(self.waiting.items(), key=lambda item: item[1].since):
                 if self.in_use() >= self.limit:
                     break  # the cache already shows every slot taken: the next kick decides
-                if self.waiting.get(key) is waiter:
-                    try:
-                        await self.retry(waiter.body)
-                    except Exception as error:  # noqa: BLE001 - one host's trouble stops no other
-                        log.warning("host %s: deciding it again failed: %r", key, error)
+                if self.waiting.get(key) is not waiter:
+                    continue
+                try:
+                    await self.retry(waiter.body)
+                except Exception as error:  # noqa: BLE001 - the next kick tries again
+                    log.warning("host %s: deciding it again failed: %r", key, error)
+                    break
+                if key in self.waiting:
+                    # Refused: the ledger counts grants the cache does not show yet. The rest
+                    # would be refused too; a thousand waiters cost one request, not a thousand.
+                    break

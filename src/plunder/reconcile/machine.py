@@ -369,11 +369,23 @@ def transition_events(
     return events
 
 
-def waiting_for_slot(host: HostCandidate, refusal: slots.Decision | None) -> Wait | None:
-    """The wait of a machine whose host waits for a provisioning slot (None: it does not)."""
-    if refusal is None or host.state in slots.SLOT_STATES:
+def waiting_for_slot(
+    host: HostCandidate, refusal: slots.Decision | None, previous: PlunderMachineStatus | None
+) -> Wait | None:
+    """The wait of a machine whose host waits for a provisioning slot (None: it does not).
+
+    ``refusal`` is what the slot gate holds for the host. A restarted controller's gate knows
+    nothing until it has decided the host again: while the host is still ``available``, a wait
+    the machine already shows is kept rather than flipped to "provisioning" and back.
+    """
+    if host.state in slots.SLOT_STATES:
         return None
-    return Wait(slots.WAITING_REASON, f"host {host.name}: {refusal.message}", "Pending")
+    if refusal is not None:
+        return Wait(slots.WAITING_REASON, f"host {host.name}: {refusal.message}", "Pending")
+    shown = find_condition(previous, PROVISIONED)
+    if host.state == "available" and shown is not None and shown.reason == slots.WAITING_REASON:
+        return Wait(slots.WAITING_REASON, shown.message or "", "Pending")
+    return None
 
 
 def slot_wait_events(
