@@ -93,7 +93,7 @@ async def move_host(body: Mapping[str, Any], memo: kopf.Memo, logger: kopf.Logge
         return
     if slots.takes_slot(hoststate.state_of(host), change.status.get("state")):
         decision = await gate.request(host)
-        if not decision.granted:
+        if decision is None or not decision.granted:
             gate.wait(body, decision)
             return
         gate.stop_waiting(namespace, name)

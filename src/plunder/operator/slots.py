@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+import httpx2
 import kopf
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
@@ -40,6 +41,8 @@ Key = tuple[str, str]
 """(namespace, name) of a PlunderMachine."""
 
 _GRANT_ATTEMPTS = 10
+TROUBLE_RETRY = 5.0
+"""Seconds before the waiters are decided again after a request the API did not let decide."""
 
 
 @dataclass
@@ -61,8 +64,8 @@ class Waiter:
 
     body: Mapping[str, Any]
     """Its latest copy, decided again when a slot frees."""
-    decision: slots.Decision
-    """The refusal: how many slots were in use."""
+    decision: slots.Decision | None
+    """The refusal: how many slots were in use (None: not decided yet, the API in trouble)."""
     consumer: Key | None
     """The PlunderMachine that claimed it, if any (a released host has none)."""
     since: float
@@ -134,7 +137,11 @@ class ProvisioningSlots:
 
     def machines_waiting(self) -> int:
         """Waiting hosts claimed by a machine (waiting to provision)."""
-        return sum(1 for waiter in self.waiting.values() if waiter.consumer is not None)
+        return sum(
+            1
+            for waiter in self.waiting.values()
+            if waiter.consumer is not None and waiter.decision is not None
+        )
 
     # ----------------------------------------------------------------------------- ledger
 
@@ -193,34 +200,48 @@ class ProvisioningSlots:
                 live[key] = decided_on
         return live
 
-    async def request(self, host: PlunderHost) -> slots.Decision:
-        """Ask for a slot for ``host``'s move, decided on this copy of it."""
+    async def request(self, host: PlunderHost) -> slots.Decision | None:
+        """Ask for a slot for ``host``'s move, decided on this copy of it.
+
+        None: it could not be decided (the API server in trouble, or the ledger changing under
+        every try); the waiters are decided again after :data:`TROUBLE_RETRY` seconds.
+        """
         key = slots.host_key(host.metadata.namespace or "", host.metadata.name or "")
         decided_on = host.metadata.resource_version or ""
         async with self._lock:
-            for _ in range(_GRANT_ATTEMPTS):
-                ledger, read_at = await self._read_ledger()
-                live = await self._live(ledger)
-                decision = slots.decide(live, self.busy(), key, decided_on, self.limit)
-                if not decision.granted:
-                    return decision
-                if await self._write_ledger(decision.ledger, read_at):
-                    return decision
-        log.warning("host %s: the slot ledger kept changing; trying again shortly", key)
-        self.kick()
-        return slots.Decision(False, {}, self.in_use(), self.limit)
+            try:
+                for _ in range(_GRANT_ATTEMPTS):
+                    ledger, read_at = await self._read_ledger()
+                    live = await self._live(ledger)
+                    decision = slots.decide(live, self.busy(), key, decided_on, self.limit)
+                    if not decision.granted or await self._write_ledger(decision.ledger, read_at):
+                        return decision
+                problem = "the ledger kept changing"
+            except ApiError as error:
+                problem = f"{error.status.code} {error.status.message}"
+            except httpx2.TransportError as error:
+                problem = f"{type(error).__name__}: {error}"
+        log.warning("host %s: no slot decided (%s); trying again shortly", key, problem)
+        asyncio.get_running_loop().call_later(TROUBLE_RETRY, self._wake.set)
+        return None
 
     # ---------------------------------------------------------------------------- waiters
 
-    def wait(self, body: Mapping[str, Any], decision: slots.Decision) -> None:
-        """``body``'s host waits; the first time, its Event is posted and its machine woken."""
+    def wait(self, body: Mapping[str, Any], decision: slots.Decision | None) -> None:
+        """``body``'s host waits; the first time, its Event is posted and its machine woken.
+
+        A host whose request could not be decided (``decision`` None) waits silently.
+        """
         meta = body.get("metadata") or {}
         key = slots.host_key(meta.get("namespace", ""), meta.get("name", ""))
         consumer = consumer_of(body)
         before = self.waiting.get(key)
         since = before.since if before else time.monotonic()
+        if decision is None:
+            self.waiting[key] = Waiter(body, before.decision if before else None, consumer, since)
+            return
         self.waiting[key] = Waiter(body, decision, consumer, since)
-        if before is None:
+        if before is None or before.decision is None:
             kopf.event(
                 kopf.Body(cast(Any, body)),
                 type="Normal",
