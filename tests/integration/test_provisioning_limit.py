@@ -14,10 +14,12 @@ import contextlib
 import threading
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from lightkube import Client
+from lightkube.resources.core_v1 import Event
 
 from plunder.api.inventory import PlunderHost
 from plunder.k8s import client as k8s_client
@@ -79,14 +81,15 @@ class SlotWatch(threading.Thread):
                         return
 
 
-@contextlib.contextmanager
-def slot_watch(plane: Plane, namespace: str) -> Iterator[SlotWatch]:
-    watch = SlotWatch(plane, namespace)
-    watch.start()
+@pytest.fixture
+def watch(plane: Plane, namespace: str) -> Iterator[SlotWatch]:
+    """The namespace's hosts followed from before the test makes any."""
+    following = SlotWatch(plane, namespace)
+    following.start()
     try:
-        yield watch
+        yield following
     finally:
-        watch.stopping.set()
+        following.stopping.set()
 
 
 @contextlib.contextmanager
@@ -128,13 +131,17 @@ def metrics(port: int) -> dict[str, float]:
 
 
 def test_five_machines_provision_two_at_a_time_through_a_restart(
-    plane: Plane, kube: Client, cluster_api_crds: list[str], namespace: str, tmp_path: Path
+    plane: Plane,
+    kube: Client,
+    cluster_api_crds: list[str],
+    namespace: str,
+    watch: SlotWatch,
+    tmp_path: Path,
 ) -> None:
     create_cluster(kube, namespace)
     create_hosts(kube, namespace, 5)
     port = processes.free_port()
     with (
-        slot_watch(plane, namespace) as watch,
         agent(plane, namespace, install_seconds=(0.5, 1.5)) as hosts,
         controller(
             plane, namespace, tmp_path / "controller.log", "--metrics-port", str(port)
@@ -168,6 +175,9 @@ def test_five_machines_provision_two_at_a_time_through_a_restart(
         wait_for(lambda: metrics(port)["plunder_machines_waiting_for_slot"] == 3, what="waiters")
         assert watch.busy() == LIMIT
         assert len(waiting(kube, namespace)) == 3
+        for name in waiting(kube, namespace):  # still the one Event each: no flap on restart
+            announced = [r for _, r, _ in events_of(kube, namespace, name)]
+            assert announced.count(slots.WAITING_REASON) == 1, (name, announced)
 
         hosts.release_held()  # slots free as hosts phone home: the waiters go on, unpolled
         wait_for(
@@ -179,24 +189,47 @@ def test_five_machines_provision_two_at_a_time_through_a_restart(
         assert waiting(kube, namespace) == []
         assert metrics(port)["plunder_machines_waiting_for_slot"] == 0
 
-        # Releasing them all: the wipes are throttled too.
+    # Releasing them all with no agent to wipe them: two are wiped (deprovisioning), three wait.
+    with controller(plane, namespace, tmp_path / "again.log", "--metrics-port", str(port)):
+        released = datetime.now(UTC).replace(microsecond=0)
         for name in NAMES:
             kube.delete(MACHINES, name, namespace=namespace)
-        wait_for(
-            lambda: all(machine_gone(kube, namespace, n) for n in NAMES),
-            timeout=120,
-            what="all five wiped and their machines gone",
-        )
+        wait_for(lambda: watch.busy() == LIMIT, what="two hosts deprovisioning")
+        wait_for(lambda: metrics(port)["plunder_hosts_waiting_for_slot"] == 3, what="the gauge")
+        still = {name for name, state in watch.states.items() if state == "provisioned"}
+        assert len(still) == 3, watch.states
+        wait_for(lambda: hosts_waiting(kube, namespace, released) == still, what="their Events")
+        with agent(plane, namespace):
+            wait_for(
+                lambda: all(machine_gone(kube, namespace, n) for n in NAMES),
+                timeout=120,
+                what="all five wiped and their machines gone",
+            )
     assert watch.most == LIMIT, f"{watch.most} hosts were in a slot state at once"
-    states = {
-        h["metadata"]["name"]: h["status"]["state"]
-        for h in map(as_dict, kube.list(HOSTS, namespace=namespace))
+    assert set(watch.states.values()) == {"available"}, watch.states
+
+
+def hosts_waiting(kube: Client, namespace: str, since: datetime) -> set[str]:
+    """The hosts with a WaitingForProvisioningSlot Event made ``since`` (to the second)."""
+    return {
+        e.involvedObject.name or ""
+        for e in kube.list(Event, namespace=namespace)
+        if e.involvedObject.kind == "PlunderHost"
+        and e.reason == slots.WAITING_REASON
+        and e.metadata is not None
+        and e.metadata.creationTimestamp is not None
+        and e.metadata.creationTimestamp >= since
+        and e.message == f"{LIMIT} of {LIMIT} provisioning slots in use; waiting"
     }
-    assert set(states.values()) == {"available"}, states
 
 
 def test_two_controllers_never_both_slip_past_the_limit(
-    plane: Plane, kube: Client, cluster_api_crds: list[str], namespace: str, tmp_path: Path
+    plane: Plane,
+    kube: Client,
+    cluster_api_crds: list[str],
+    namespace: str,
+    watch: SlotWatch,
+    tmp_path: Path,
 ) -> None:
     """No leader election: both decide every host at once; the ledger's guard keeps the limit."""
     create_cluster(kube, namespace)
@@ -204,7 +237,6 @@ def test_two_controllers_never_both_slip_past_the_limit(
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     with (
-        slot_watch(plane, namespace) as watch,
         agent(plane, namespace, install_seconds=(0.5, 1.0)),
         controller(plane, namespace, tmp_path / "a" / "controller.log"),
         controller(plane, namespace, tmp_path / "b" / "controller.log"),

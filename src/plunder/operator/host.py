@@ -51,7 +51,6 @@ async def open_client(memo: kopf.Memo, **kwargs: Any) -> None:
     memo.slots = slot_gate.ProvisioningSlots(
         memo.client, kwargs["plunderhosts_by_namespace"], slot_gate.SETTINGS, retry, wake_machine
     )
-    memo.slots.start()
 
 
 @kopf.on.cleanup()

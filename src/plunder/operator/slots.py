@@ -222,7 +222,7 @@ class ProvisioningSlots:
             except httpx2.TransportError as error:
                 problem = f"{type(error).__name__}: {error}"
         log.warning("host %s: no slot decided (%s); trying again shortly", key, problem)
-        asyncio.get_running_loop().call_later(TROUBLE_RETRY, self._wake.set)
+        asyncio.get_running_loop().call_later(TROUBLE_RETRY, self.kick)
         return None
 
     # ---------------------------------------------------------------------------- waiters
@@ -259,13 +259,16 @@ class ProvisioningSlots:
             self.wake_machine(waiter.consumer)
 
     def kick(self) -> None:
-        """A slot may have freed: decide the waiters again (coalesced; in the background)."""
-        if self.waiting:
-            self._wake.set()
+        """A slot may have freed: decide the waiters again (coalesced; in the background).
 
-    def start(self) -> None:
-        """Start the task that decides the waiters again when kicked."""
-        self._task = asyncio.create_task(self._wake_waiters(), name="provisioning-slots")
+        The task that does it is started at the first kick, from a handler: it inherits the
+        handler's context, in which kopf lets Events be posted (a startup hook's has not).
+        """
+        if not self.waiting:
+            return
+        if self._task is None:
+            self._task = asyncio.create_task(self._wake_waiters(), name="provisioning-slots")
+        self._wake.set()
 
     async def stop(self) -> None:
         """Stop it."""
