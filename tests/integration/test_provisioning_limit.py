@@ -11,9 +11,11 @@ Two controllers without leader election, deciding on the same hosts at once, kee
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -81,13 +83,30 @@ class SlotWatch(threading.Thread):
                         return
 
 
+@dataclass(frozen=True)
+class Fleet:
+    """A Cluster and five available hosts in the test's namespace, watched from the start."""
+
+    plane: Plane
+    kube: Client
+    namespace: str
+    watch: SlotWatch
+    tmp_path: Path
+
+    def parts(self) -> tuple[Plane, Client, str, SlotWatch, Path]:
+        return self.plane, self.kube, self.namespace, self.watch, self.tmp_path
+
+
 @pytest.fixture
-def watch(plane: Plane, namespace: str) -> Iterator[SlotWatch]:
-    """The namespace's hosts followed from before the test makes any."""
+def fleet(
+    plane: Plane, kube: Client, cluster_api_crds: list[str], namespace: str, tmp_path: Path
+) -> Iterator[Fleet]:
     following = SlotWatch(plane, namespace)
     following.start()
+    create_cluster(kube, namespace)
+    create_hosts(kube, namespace, 5)
     try:
-        yield following
+        yield Fleet(plane, kube, namespace, following, tmp_path)
     finally:
         following.stopping.set()
 
@@ -119,6 +138,12 @@ def waiting(kube: Client, namespace: str) -> list[str]:
     ]
 
 
+def wait_announced(kube: Client, namespace: str, name: str) -> bool:
+    """Whether machine ``name`` has its Normal WaitingForProvisioningSlot Event."""
+    events = events_of(kube, namespace, name)
+    return ("Normal", slots.WAITING_REASON) in [(kind, reason) for kind, reason, _ in events]
+
+
 def metrics(port: int) -> dict[str, float]:
     """The controller's gauges, by name."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:  # noqa: S310
@@ -130,16 +155,8 @@ def metrics(port: int) -> dict[str, float]:
     }
 
 
-def test_five_machines_provision_two_at_a_time_through_a_restart(
-    plane: Plane,
-    kube: Client,
-    cluster_api_crds: list[str],
-    namespace: str,
-    watch: SlotWatch,
-    tmp_path: Path,
-) -> None:
-    create_cluster(kube, namespace)
-    create_hosts(kube, namespace, 5)
+def test_five_machines_provision_two_at_a_time_through_a_restart(fleet: Fleet) -> None:
+    plane, kube, namespace, watch, tmp_path = fleet.parts()
     port = processes.free_port()
     with (
         agent(plane, namespace, install_seconds=(0.5, 1.5)) as hosts,
@@ -158,10 +175,7 @@ def test_five_machines_provision_two_at_a_time_through_a_restart(
             assert status == "False" and text.endswith(message), text
             assert machine_state(kube, namespace, name) == "Pending"
             wait_for(
-                lambda n=name: (
-                    ("Normal", slots.WAITING_REASON)
-                    in [(kind, reason) for kind, reason, _ in events_of(kube, namespace, n)]
-                ),
+                functools.partial(wait_announced, kube, namespace, name),
                 what=f"the Event of {name}'s wait",
             )
         gauges = metrics(port)
@@ -223,17 +237,9 @@ def hosts_waiting(kube: Client, namespace: str, since: datetime) -> set[str]:
     }
 
 
-def test_two_controllers_never_both_slip_past_the_limit(
-    plane: Plane,
-    kube: Client,
-    cluster_api_crds: list[str],
-    namespace: str,
-    watch: SlotWatch,
-    tmp_path: Path,
-) -> None:
+def test_two_controllers_never_both_slip_past_the_limit(fleet: Fleet) -> None:
     """No leader election: both decide every host at once; the ledger's guard keeps the limit."""
-    create_cluster(kube, namespace)
-    create_hosts(kube, namespace, 5)
+    plane, kube, namespace, watch, tmp_path = fleet.parts()
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     with (

@@ -40,9 +40,9 @@ class FakeAPI:
         if resource is ConfigMap:
             if self.ledger is None:
                 raise _api_error(404)
-            data, version = self.ledger
+            data, counter = self.ledger
             return ConfigMap.from_dict(
-                {"metadata": {"name": name, "resourceVersion": str(version)}, "data": data}
+                {"metadata": {"name": name, "resourceVersion": str(counter)}, "data": data}
             )
         state, version = self.hosts[name]
         return _HostBody(name, state, version)
