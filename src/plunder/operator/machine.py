@@ -17,6 +17,11 @@ loser gives its host back), so replicas run with leader election (:mod:`plunder.
 and only one acts. The binding written on the machine carries its
 finalizer; a deleted machine is reconciled by :mod:`plunder.operator.machine_delete`. Status is
 written only when it changed, so once per transition.
+
+A claimed host whose move into ``provisioning`` waits for a provisioning slot leaves the machine
+``Pending`` with the reason ``WaitingForProvisioningSlot``: the slot gate of the host handler
+(:mod:`plunder.operator.slots`, in the same process) says which hosts wait, and wakes the machine
+when its host begins or ends waiting.
 """
 
 from __future__ import annotations
