@@ -230,7 +230,9 @@ class World:
         self.namespace = f"chaos-{uuid.uuid4().hex[:6]}"
         folder.mkdir(parents=True, exist_ok=True)
         kubeconfig = plane.plane.kubeconfig
-        self.controller = Controller(plane.plane, folder / "controller.log", self.namespace)
+        # The provisioning throttle lifted, as in the benchmark the figures came from.
+        limit = ("--provisioning-limit", str(size))
+        self.controller = Controller(plane.plane, folder / "controller.log", self.namespace, limit)
         self.boot = BootProcess(kubeconfig, folder / "boot.log", self.namespace, folder / "boot")
         self.agent = HttpAgent(kubeconfig, self.namespace, self.boot.url, install_seconds, seed)
         self.ledger = Ledger(kubeconfig, self.namespace, self.agent.wiped_in)
