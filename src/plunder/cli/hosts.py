@@ -12,7 +12,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from plunder.api.inventory import PlunderHost
+from plunder.api.inventory import UNHEALTHY_ANNOTATION, PlunderHost
 from plunder.boot.macs import InvalidMACError, normalise_mac
 from plunder.cli import options
 from plunder.k8s.client import sync_client
@@ -76,6 +76,14 @@ def unleased_table(hosts: Iterable[PlunderHost], now: datetime) -> Table:
     return table
 
 
+def _state(host: PlunderHost) -> str:
+    """The host's state, and whether a remediation marked it unhealthy."""
+    state = (host.status.state if host.status else None) or ""
+    if UNHEALTHY_ANNOTATION in (host.metadata.annotations or {}):
+        return f"{state} (unhealthy)"
+    return state
+
+
 def hosts_table(hosts: Iterable[PlunderHost], now: datetime) -> Table:
     """Every host with its state, consumer, power and firmware."""
     table = Table(
@@ -96,7 +104,7 @@ def hosts_table(hosts: Iterable[PlunderHost], now: datetime) -> Table:
             host.metadata.name or "",
             host.spec.boot_mac_address,
             (status.vendor if status else None) or "",
-            (status.state if status else None) or "",
+            _state(host),
             consumer.name if consumer else "",
             (status.boot_firmware if status else None) or "",
             (status.ip_address if status else None) or "",
