@@ -2,14 +2,17 @@
 
 A MachineDeployment of one worker on the test plane, a MachineHealthCheck whose
 ``remediation.templateRef`` names a PlunderRemediationTemplate, and hosts: one with a BMC (sushy-
-tools' Redfish emulator), one without. The Machine is made unhealthy with Cluster API's own
-``cluster.x-k8s.io/remediate-machine`` annotation (the plane has no workload cluster whose Node
-could go NotReady); from there everything is Cluster API's and ours: the MachineHealthCheck
-creates the PlunderRemediation, the controller power-cycles the host through the emulator, and
-either the Machine heals (Cluster API would delete the remediation on seeing its Node healthy;
-with no workload cluster here, the test deletes it) or the tries run out, the
-MachineSet replaces the Machine on the spare host, and the sick host stays out of the pool until
-``plunderctl host clear-unhealthy``. The hosts' agent is played by the test (``Agent``).
+tools' Redfish emulator), one without. From the unhealthy Machine on, everything is Cluster API's
+and ours: the MachineHealthCheck creates the PlunderRemediation, the controller power-cycles the
+host through the emulator, and either the Machine heals (Cluster API deletes the remediation) or
+the tries run out, the MachineSet replaces the Machine on the spare host, and the sick host stays
+out of the pool until ``plunderctl host clear-unhealthy``. The hosts' agent is played by the test
+(``Agent``).
+
+In the first test the plane is the workload cluster too (:func:`workload_cluster`): the worker's
+Node is an object the test writes, made NotReady and then Ready again, as a kubelet would. The
+second makes its Machines unhealthy with Cluster API's own ``cluster.x-k8s.io/remediate-machine``
+annotation, which needs no Node.
 """
 
 from __future__ import annotations
@@ -17,15 +20,18 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from lightkube import Client
+from lightkube.models.core_v1 import NodeSpec
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Event, Secret
+from lightkube.resources.core_v1 import Event, Node, Secret
 from lightkube.types import PatchType
 
+from plunder.api.infrastructure import PlunderMachine
 from plunder.api.inventory import UNHEALTHY_ANNOTATION, PlunderHost
 from plunder.api.remediation import PlunderRemediation
 from plunder.k8s import capi
@@ -51,7 +57,9 @@ REMEDIATIONS = resource_for(PlunderRemediation)
 DEPLOYMENT_LABEL = "cluster.x-k8s.io/deployment-name"
 
 
-def manifests(retry_limit: int, timeout: str) -> list[dict[str, Any]]:
+def manifests(
+    retry_limit: int, timeout: str, checks: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """A MachineDeployment of one worker (bootstrap data given), its template, the health check."""
     infra = "infrastructure.cluster.x-k8s.io"
     return [
@@ -116,7 +124,7 @@ def manifests(retry_limit: int, timeout: str) -> list[dict[str, Any]]:
             "spec": {
                 "clusterName": "cluster-plunder",
                 "selector": {"matchLabels": {DEPLOYMENT_LABEL: "workers"}},
-                "checks": {"nodeStartupTimeoutSeconds": 0},
+                "checks": checks or {"nodeStartupTimeoutSeconds": 0},
                 "remediation": {
                     "templateRef": {
                         "apiVersion": f"{infra}/v1alpha1",
@@ -156,6 +164,7 @@ def workers(
     tmp_path: Path,
     retry_limit: int,
     timeout: str,
+    checks: dict[str, Any] | None = None,
 ) -> Iterator[Agent]:
     """The cluster, the deployment and its health check, the controller and the hosts' agent."""
     kube.create(
@@ -165,7 +174,9 @@ def workers(
         )
     )
     manifest = tmp_path / "workers.yaml"
-    manifest.write_text("\n---\n".join(json.dumps(m) for m in manifests(retry_limit, timeout)))
+    manifest.write_text(
+        "\n---\n".join(json.dumps(m) for m in manifests(retry_limit, timeout, checks))
+    )
     player = Agent(plane, namespace)
     player.start()
     try:
@@ -188,6 +199,7 @@ def machines(kube: Client, namespace: str) -> list[dict[str, Any]]:
         as_dict(m)
         for m in listed(kube, capi.Machine, namespace)
         if not m.metadata.deletionTimestamp
+        and (m.metadata.labels or {}).get(DEPLOYMENT_LABEL) == "workers"
     ]
 
 
@@ -243,7 +255,90 @@ def resets(tmp_path: Path) -> int:
     return log.count(f"/Systems/{FAKE_SYSTEM}/Actions/ComputerSystem.Reset")
 
 
-def test_a_rebooted_host_whose_machine_heals_ends_the_remediation(
+def workload_cluster(kube: Client, plane: Plane, namespace: str) -> None:
+    """The plane stands for the workload cluster too: its kubeconfig is the Cluster's.
+
+    Cluster API then reads Nodes there by providerID; a control-plane Machine whose Node exists
+    initializes the control plane (a cluster of plain Machines), and only then does a
+    MachineHealthCheck look at the workers' Nodes.
+    """
+    kube.create(
+        Secret(
+            metadata=ObjectMeta(
+                name="cluster-plunder-kubeconfig",
+                namespace=namespace,
+                labels={"cluster.x-k8s.io/cluster-name": "cluster-plunder"},
+            ),
+            type="cluster.x-k8s.io/secret",
+            stringData={"value": plane.kubeconfig.read_text()},
+        )
+    )
+    create_host(kube, namespace, "hcp", "00:50:56:a5:11:30", {"plunder.dev/role": "cp"})
+    infra = "infrastructure.cluster.x-k8s.io"
+    kube.create(
+        resource_for(PlunderMachine).from_dict(
+            {
+                "apiVersion": f"{infra}/v1alpha1",
+                "kind": "PlunderMachine",
+                "metadata": {"name": "controlplane", "namespace": namespace},
+                "spec": {
+                    "hostSelector": {"matchLabels": {"plunder.dev/role": "cp"}},
+                    "image": manifests(1, "1s")[0]["spec"]["template"]["spec"]["image"],
+                },
+            }
+        )
+    )
+    kube.create(
+        capi.Machine.from_dict(
+            {
+                "apiVersion": f"{capi.CORE_GROUP}/{capi.CORE_VERSION}",
+                "kind": "Machine",
+                "metadata": {
+                    "name": "controlplane",
+                    "namespace": namespace,
+                    "labels": {"cluster.x-k8s.io/control-plane": ""},
+                },
+                "spec": {
+                    "clusterName": "cluster-plunder",
+                    "version": "v1.36.3",
+                    "bootstrap": {"dataSecretName": "bootstrap"},
+                    "infrastructureRef": {
+                        "apiGroup": infra,
+                        "kind": "PlunderMachine",
+                        "name": "controlplane",
+                    },
+                },
+            }
+        )
+    )
+
+
+def node_ready(kube: Client, name: str, ready: str) -> None:
+    stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    condition = {
+        "type": "Ready",
+        "status": ready,
+        "reason": "KubeletReady" if ready == "True" else "KubeletNotReady",
+        "message": "played by the test",
+        "lastHeartbeatTime": stamp,
+        "lastTransitionTime": stamp,
+    }
+    kube.patch(
+        Node.Status, name, {"status": {"conditions": [condition]}}, patch_type=PatchType.MERGE
+    )
+
+
+@contextmanager
+def node(kube: Client, name: str, provider_id: str) -> Iterator[str]:
+    kube.create(Node(metadata=ObjectMeta(name=name), spec=NodeSpec(providerID=provider_id)))
+    try:
+        node_ready(kube, name, "True")
+        yield name
+    finally:
+        kube.delete(Node, name)
+
+
+def test_a_worker_whose_node_went_not_ready_is_rebooted_and_the_remediation_ends_when_ready(
     cluster_api_controllers: ClusterAPIControllers,
     plane: Plane,
     kube: Client,
@@ -253,14 +348,33 @@ def test_a_rebooted_host_whose_machine_heals_ends_the_remediation(
     fake_redfish: str,  # noqa: F811 - the fixture
 ) -> None:
     host_with_bmc(kube, namespace, "h1", "00:50:56:a5:11:21", fake_redfish)
-    with workers(plane, kube, kubectl, namespace, tmp_path, retry_limit=3, timeout="1h"):
+    not_ready = {
+        "nodeStartupTimeoutSeconds": 0,
+        "unhealthyNodeConditions": [{"type": "Ready", "status": "False", "timeoutSeconds": 1}],
+    }
+    with (
+        workers(plane, kube, kubectl, namespace, tmp_path, 3, "1h", not_ready),
+        node(kube, f"{namespace}-cp", "plunder://00:50:56:a5:11:30"),
+        node(kube, f"{namespace}-w", "plunder://00:50:56:a5:11:21") as worker,
+    ):
+        workload_cluster(kube, plane, namespace)
         machine = the_machine(kube, namespace)
+
+        def node_ref(name: str) -> bool:
+            return bool(
+                (
+                    as_dict(kube.get(capi.Machine, name, namespace=namespace)).get("status") or {}
+                ).get("nodeRef")
+            )
+
+        eventually(lambda: node_ref("controlplane"), "the control plane's nodeRef", timeout=90)
+        eventually(lambda: node_ref(machine), "the worker's nodeRef", timeout=90)
         eventually(lambda: state_of(kube, namespace, "h1") == "provisioned", "h1 provisioned")
         before = resets(tmp_path)
-        mark_unhealthy(kubectl, namespace, machine)
+        node_ready(kube, worker, "False")
 
-        # The MachineHealthCheck made the remediation (the Machine's name, owned by it) ...
-        eventually(lambda: remediation(kube, namespace, machine) is not None, "remediation")
+        # The MachineHealthCheck saw the Node NotReady and made the remediation ...
+        eventually(lambda: remediation(kube, namespace, machine) is not None, "remediation", 90)
         made = remediation(kube, namespace, machine)
         assert made is not None
         owner = capi.owner_named(made["metadata"].get("ownerReferences"), "Machine")
@@ -282,17 +396,8 @@ def test_a_rebooted_host_whose_machine_heals_ends_the_remediation(
         rebooting = events(kube, namespace, "PlunderRemediation", machine)
         assert any(r == "Rebooting" and "try 1 of 3" in m for _, r, m in rebooting), rebooting
 
-        # The Machine is healthy again. Cluster API sees that on the Machine's Node and then
-        # deletes the remediation; the plane has no workload cluster (no Node), so the test
-        # lifts the mark and deletes the remediation as the MachineHealthCheck would.
-        healed = run_kubectl(
-            kubectl, "annotate", "-n", namespace, f"machine/{machine}", f"{REMEDIATE}-"
-        )
-        assert healed.returncode == 0, healed.stderr
-        deleted = run_kubectl(
-            kubectl, "delete", "-n", namespace, f"plunderremediation/{machine}", "--wait=false"
-        )
-        assert deleted.returncode == 0, deleted.stderr
+        # The Node is Ready again: Cluster API deletes the remediation; nothing is replaced.
+        node_ready(kube, worker, "True")
         eventually(lambda: remediation(kube, namespace, machine) is None, "remediation deleted")
         eventually(
             lambda: any(
@@ -303,9 +408,8 @@ def test_a_rebooted_host_whose_machine_heals_ends_the_remediation(
         )
         assert [m["metadata"]["name"] for m in machines(kube, namespace)] == [machine]
         assert consumer_of(kube, namespace, "h1") is not None
-        assert UNHEALTHY_ANNOTATION not in (
-            host(kube, namespace, "h1")["metadata"].get("annotations") or {}
-        )
+        annotations = host(kube, namespace, "h1")["metadata"].get("annotations") or {}
+        assert UNHEALTHY_ANNOTATION not in annotations
 
 
 def test_a_host_that_stays_sick_is_replaced_on_a_spare_and_kept_out_of_the_pool(
