@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from rich.console import Console
 
-from plunder.api.inventory import UNHEALTHY_ANNOTATION
+from plunder.api.inventory import UNHEALTHY_ANNOTATION, PlunderHost
 from plunder.api.remediation import PlunderRemediation, duration_seconds
+from plunder.cli.hosts import hosts_table
 from plunder.reconcile import remediation as decide
 from plunder.reconcile.remediation import Target
 from plunder.reconcile.selection import HostCandidate
@@ -180,3 +182,16 @@ def test_retry_limit_and_type_are_checked() -> None:
         remediation(retryLimit=-1)
     with pytest.raises(ValidationError):
         remediation(type="Reprovision")
+
+
+def test_get_hosts_shows_an_unhealthy_host() -> None:
+    host = PlunderHost.model_validate(
+        {
+            "metadata": {"name": "h1", "annotations": {UNHEALTHY_ANNOTATION: "why"}},
+            "spec": {"bootMACAddress": "00:50:56:a5:11:20"},
+            "status": {"state": "available"},
+        }
+    )
+    console = Console(width=200, record=True)
+    console.print(hosts_table([host], NOW))
+    assert "available (unhealthy)" in console.export_text()
