@@ -422,7 +422,7 @@ def test_a_host_that_stays_sick_is_replaced_on_a_spare_and_kept_out_of_the_pool(
     fake_redfish: str,  # noqa: F811 - the fixture
 ) -> None:
     host_with_bmc(kube, namespace, "h1", "00:50:56:a5:11:21", fake_redfish)
-    with workers(plane, kube, kubectl, namespace, tmp_path, retry_limit=2, timeout="3s"):
+    with workers(plane, kube, kubectl, namespace, tmp_path, retry_limit=2, timeout="10s"):
         first = the_machine(kube, namespace)
         eventually(lambda: state_of(kube, namespace, "h1") == "provisioned", "h1 provisioned")
         # The spare, without a BMC, once the first machine holds h1.
@@ -430,7 +430,8 @@ def test_a_host_that_stays_sick_is_replaced_on_a_spare_and_kept_out_of_the_pool(
         before = resets(tmp_path)
         mark_unhealthy(kubectl, namespace, first)
 
-        # Two power cycles, three seconds apart, then the Machine is handed back.
+        # Two power cycles, ten seconds apart (time for the power loop to do each under load), then
+        # the Machine is handed back.
         def handed_back() -> bool:
             return status_of(kube, namespace, first).get("phase") == "Deleting"
 
