@@ -2,11 +2,14 @@
 
 Every process gets its own log file and a pid file beside it, and its own session, so that
 ``plunderctl lab up`` can return while the processes go on, and ``lab down`` (another process)
-can find and stop them.
+can find and stop them. Its command line is recorded too (``<name>.argv.json``), so that it can
+be killed and started again with the same arguments, as its Deployment would restart it
+(:func:`restart_recorded`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -72,7 +75,35 @@ def start(
             env={**os.environ, **(env or {})},
         )
     (run_dir / f"{name}.pid").write_text(str(process.pid))
+    (run_dir / f"{name}.argv.json").write_text(json.dumps({"argv": list(argv), "env": env or {}}))
     return Managed(name, process.pid, log_path)
+
+
+def restart_recorded(
+    run_dir: Path, name: str, sig: signal.Signals = signal.SIGKILL, timeout: float = 15.0
+) -> tuple[int, Managed]:
+    """Send ``sig`` to the recorded process ``name``, wait until it is gone, start it again.
+
+    Only that process is signalled, not its session: what it started must end by itself (as
+    the boot service's dnsmasq does). It is started again with its recorded command line and
+    extra environment, logging to the same file. Returns the pid that was stopped and the new
+    process.
+
+    Raises:
+        StartupError: No such process was recorded, or it did not end within ``timeout``.
+    """
+    pid = recorded_pid(run_dir, name)
+    command_file = run_dir / f"{name}.argv.json"
+    if pid is None or not command_file.exists():
+        raise StartupError(f"{name}: no running process recorded in {run_dir}")
+    command = json.loads(command_file.read_text())
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while is_running(pid):
+        if time.monotonic() > deadline:
+            raise StartupError(f"{name} (pid {pid}) still runs {timeout:.0f}s after {sig.name}")
+        time.sleep(0.02)
+    return pid, start(name, command["argv"], run_dir, command["env"])
 
 
 def is_running(pid: int) -> bool:
