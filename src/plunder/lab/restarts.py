@@ -62,7 +62,7 @@ def restart(
     if component == DNSMASQ:
         return _restart_dnsmasq(lab_dir, sig, timeout)
     begun = time.monotonic()
-    stopped, managed = processes.restart_recorded(lab_dir, component, sig, timeout=60)
+    stopped, managed = processes.restart_recorded(lab_dir, component, sig)
     processes.wait_until(_answers(lab_dir, component), component, managed, timeout)
     return Restart(component, stopped, managed.pid, time.monotonic() - begun)
 
