@@ -21,7 +21,8 @@ import shutil
 import signal
 from pathlib import Path
 
-from plunder.boot.dhcp.config import ARCH_BOOTS, pxe_stem, render_dnsmasq_conf
+from plunder.boot.dhcp.config import ARCH_BOOTS, CHAIN_FILE, pxe_stem, render_dnsmasq_conf
+from plunder.boot.ipxe import scripts
 from plunder.boot.settings import BootSettings
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,16 @@ _RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 def prepare_tftp_root(settings: BootSettings, tftp_root: Path) -> None:
-    """Copy Debian's iPXE binaries in, also under the ``<stem>.0`` name PXE menus ask for."""
+    """Copy Debian's iPXE binaries in, also under the ``<stem>.0`` name PXE menus ask for.
+
+    And the chain script iPXE clients load (:data:`plunder.boot.dhcp.config.CHAIN_FILE`).
+    """
     tftp_root.mkdir(parents=True, exist_ok=True)
     for arch in ARCH_BOOTS:
         source = settings.ipxe_dir / arch.boot_file
         for name in (arch.boot_file, f"{pxe_stem(arch.boot_file)}.0"):
             shutil.copyfile(source, tftp_root / name)
+    (tftp_root / CHAIN_FILE).write_text(scripts.chain_script(settings.http_base))
 
 
 _PR_SET_PDEATHSIG = 1
