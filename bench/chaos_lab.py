@@ -48,7 +48,7 @@ def main(arguments: argparse.Namespace) -> int:
     }
     later = {CONTROLLER: 2, BOOT: 2, DNSMASQ: 1} if arguments.release_kills else {}
     results: list[Findings] = []
-    most_dhcp = 0
+    most_dhcp, rides = 0, {}
     begun = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chaos-lab-") as temporary:
         with running_lab(Path(temporary) / "lab", "--hosts", "3") as lab:
@@ -72,9 +72,10 @@ def main(arguments: argparse.Namespace) -> int:
             )
             chaos, found = run(lab.folder, lab.server, "chaos", plan, arguments.patience)
             results.append(found)
-            most_dhcp = chaos.most_dhcp_servers
+            most_dhcp, rides = chaos.most_dhcp_servers, chaos.rides()
     report(results, seed, "VM hosts of the lab (TCG)")
     print(f"most dnsmasq processes at once, after a disruption: {most_dhcp}")
+    print("ridden out: " + ", ".join(f"{what} {n}" for what, n in rides.items()))
     print(f"whole run: {time.monotonic() - begun:.0f}s")
     return 0 if all(found.clean for found in results) and most_dhcp <= 1 else 1
 

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from lightkube import Client
+from lightkube.resources.core_v1 import Event
 
 from plunder.api.inventory import PlunderHost
 from plunder.boot import macs
+from plunder.boot.ipxe import scripts
 from plunder.k8s import capi
 from plunder.k8s import client as k8s_client
 from plunder.k8s.resources import as_dict
@@ -175,6 +177,23 @@ class LabChaos(ChaosRun):
             kube.delete(capi.Machine, name, namespace=NAMESPACE)
         self.live, self.deleted = set(), set(self.names)
         return self.phase(plan.deletion, started, patience)
+
+    def rides(self) -> dict[str, int]:
+        """How often the hosts rode out a part that was away, so far in the lab's life.
+
+        The agent's fetches that found no answer and were tried again (Warning events), and
+        the chain script's waits for the boot service (the hosts' serial consoles).
+        """
+        retried = sum(
+            1
+            for event in self.client().list(Event, namespace=NAMESPACE)
+            if "the agent tries again" in (event.message or "")
+        )
+        waited = sum(
+            log.read_text(errors="replace").count(scripts.CHAIN_WAIT_MESSAGE)
+            for log in (self.folder / "vms").glob("*.serial.log")
+        )
+        return {"agent fetches tried again": retried, "chain script waits": waited}
 
     def findings(self, label: str, provisioning: Phase, deletion: Phase) -> Findings:
         """As the simulated run's, with the machines provisioned and stuck before the release."""

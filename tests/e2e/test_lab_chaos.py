@@ -49,7 +49,7 @@ def test_kills_and_a_restart_on_the_lab_give_no_host_twice_and_leave_none_stuck_
     plan = Plan.drawn(seed, 2, SPANS, PROVISIONING_KILLS, RELEASE_KILLS, fraction=1.0)
     chaos, found = run(folder, server, "chaos", plan, patience=300.0)
     summary = f"seed {seed}: {found}"
-    print(summary)
+    print(summary, chaos.rides())
     assert len(found.provisioning.disruptions) == sum(PROVISIONING_KILLS.values()), summary
     assert found.provisioned == found.total == 2, summary
     # The ledger saw the real claims: each machine named one host, and the two hosts differ.

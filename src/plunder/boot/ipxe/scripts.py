@@ -35,6 +35,7 @@ class BootDecision:
 
 CHAIN_TRIES = 20
 """How often the chain script asks for /boot.ipxe, 3 s apart, before it gives up (``exit``)."""
+CHAIN_WAIT_MESSAGE = "plunder: no answer from the boot service, asking again"
 
 
 def chain_script(http_base: str) -> str:
@@ -48,7 +49,7 @@ def chain_script(http_base: str) -> str:
     Unrolled, as iPXE's counters are not in every build.
     """
     ask = f"chain --replace --autofree {http_base}/boot.ipxe?{FACTS_QUERY}"
-    wait = "prompt --timeout 3000 plunder: no answer from the boot service, asking again ||"
+    wait = f"prompt --timeout 3000 {CHAIN_WAIT_MESSAGE} ||"
     return "#!ipxe\n" + f"{ask} || {wait}\n" * CHAIN_TRIES + "exit\n"
 
 
