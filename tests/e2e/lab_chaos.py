@@ -35,7 +35,7 @@ from plunder.boot.ipxe import scripts
 from plunder.k8s import capi
 from plunder.k8s import client as k8s_client
 from plunder.k8s.resources import as_dict
-from plunder.lab import restarts
+from plunder.lab import processes, restarts
 from plunder.lab.lab import OS_IMAGE_NAME
 from plunder.reconcile import hoststate
 from tests.e2e.test_lab_hosts import mbr_signature
@@ -93,17 +93,12 @@ def dhcp_servers(folder: Path) -> int:
 def wait_until_available(folder: Path, timeout: float) -> None:
     """Every host of the lab inspected and parked in the agent."""
     expected = len(json.loads((folder / "hosts.json").read_text()))
-    deadline = time.monotonic() + timeout
-    while True:
-        states = [
-            hoststate.state_of(_host(h))
-            for h in lab_client(folder).list(HOSTS, namespace=NAMESPACE)
-        ]
-        if states.count("available") == expected:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"hosts not all available after {timeout:.0f}s: {states}")
-        time.sleep(1)
+
+    def all_available() -> bool:
+        hosts = lab_client(folder).list(HOSTS, namespace=NAMESPACE)
+        return [hoststate.state_of(_host(h)) for h in hosts].count("available") == expected
+
+    processes.wait_until(all_available, "every host available", timeout=timeout, interval=1.0)
 
 
 def prepare_cluster(folder: Path) -> None:

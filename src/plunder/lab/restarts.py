@@ -109,9 +109,15 @@ def _listens_for_dhcp(pid: int) -> bool:
 
 
 def _restart_dnsmasq(lab_dir: Path, sig: signal.Signals, timeout: float) -> Restart:
+    """Kill the boot service's dnsmasq (once it runs: the boot service may be starting)."""
+
+    def serving() -> bool:
+        pid = dnsmasq_pid(lab_dir)
+        return pid is not None and _listens_for_dhcp(pid)
+
+    processes.wait_until(serving, "the boot service's dnsmasq", timeout=timeout)
     stopped = dnsmasq_pid(lab_dir)
-    if stopped is None:
-        raise processes.StartupError(f"no dnsmasq of the boot service in {lab_dir} runs")
+    assert stopped is not None
     begun = time.monotonic()
     os.kill(stopped, sig)
     started: list[int] = []
