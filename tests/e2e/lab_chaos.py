@@ -180,7 +180,7 @@ class LabChaos(ChaosRun):
         the chain script's waits for the boot service (the hosts' serial consoles).
         """
         retried = sum(
-            1
+            event.count or 1
             for event in self.client().list(Event, namespace=NAMESPACE)
             if "the agent tries again" in (event.message or "")
         )
