@@ -38,6 +38,7 @@ def test_full_mode_leases_addresses_and_stops_ipxe_waiting_for_proxydhcp() -> No
     assert "dhcp-boot=tag:!ipxe,tag:bios,undionly.kpxe" in conf
     assert "dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi" in conf
     assert {"dhcp-match=set:efi64,option:client-arch,7", "no-ping", "port=0"} <= set(conf)
+    assert {"user=root", "group=root"} <= set(conf)  # no credential change: it dies with us
     assert "dhcp-range=::,constructor:br0,ra-only" in conf
     assert not any("proxy" in line for line in conf)
 

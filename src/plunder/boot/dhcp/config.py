@@ -90,6 +90,9 @@ def render_dnsmasq_conf(settings: BootSettings, leases: str, tftp_root: str) -> 
         # dnsmasq keeps root here: its run folder may sit in a home only root can enter. It runs
         # in the provisioning network's namespace and serves nothing but this configuration.
         "user=root",
+        # Its group too: a change of group (to "dip", its default) clears the parent-death
+        # signal that ends it with the boot service (dhcp/supervisor.py).
+        "group=root",
         "dhcp-userclass=set:ipxe,iPXE",
         "dhcp-match=set:ipxe,175",
     ]

@@ -4,7 +4,9 @@ dnsmasq runs in the foreground as our child (inside the provisioning namespace w
 one). If it exits it is started again after a growing pause; a new configuration restarts it
 (SIGHUP makes dnsmasq re-read only its hosts and leases files, not its configuration).
 
-It never outlives us: the kernel kills it when the boot service ends, however it ends. Without
+It never outlives us: the kernel kills it when the boot service ends, however it ends (a
+parent-death signal, which dnsmasq keeps only because its configuration keeps its user and
+group: a change of credentials clears it, as the lab's chaos run showed). Without
 that, a boot service killed with SIGKILL left its dnsmasq running, and the next one started a
 second dnsmasq beside it on the same interface (``bind-interfaces`` lets both bind ports 67 and
 69): two DHCP servers handing out one range from two lease tables (found for the lab's chaos run).
