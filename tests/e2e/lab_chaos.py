@@ -176,19 +176,19 @@ class LabChaos(ChaosRun):
     def rides(self) -> dict[str, int]:
         """How often the hosts rode out a part that was away, so far in the lab's life.
 
-        The agent's fetches that found no answer and were tried again (Warning events), and
-        the chain script's waits for the boot service (the hosts' serial consoles).
+        The agent's fetches that found no answer and were tried again (Warning events, by
+        reason), and the chain script's waits for the boot service (the hosts' serial consoles).
         """
-        retried = sum(
-            event.count or 1
-            for event in self.client().list(Event, namespace=NAMESPACE)
-            if "the agent tries again" in (event.message or "")
-        )
-        waited = sum(
+        ridden: dict[str, int] = {}
+        for event in self.client().list(Event, namespace=NAMESPACE):
+            if "the agent tries again" in (event.message or ""):
+                what = f"{event.reason} tried again"
+                ridden[what] = ridden.get(what, 0) + (event.count or 1)
+        ridden["chain script waits"] = sum(
             log.read_text(errors="replace").count(scripts.CHAIN_WAIT_MESSAGE)
             for log in (self.folder / "vms").glob("*.serial.log")
         )
-        return {"agent fetches tried again": retried, "chain script waits": waited}
+        return ridden
 
     def findings(self, label: str, provisioning: Phase, deletion: Phase) -> Findings:
         """As the simulated run's, with the machines provisioned and stuck before the release."""
