@@ -32,8 +32,9 @@ pytestmark = pytest.mark.e2e
 EXAMPLES = binaries.repository_root() / "examples" / "simple"
 """The repository's own files, as a person applies them."""
 MARKER = "plunder-pod-network-ok"
-WORKLOAD_RETRY_S = 180
-"""How long a read of the workload cluster is tried again: its API server is emulated."""
+WORKLOAD_RETRY_S = 600
+"""How long a read of the workload cluster is tried again: its API server is emulated (a
+restart of it there, if one comes, takes minutes)."""
 
 
 @pytest.fixture(scope="module")

@@ -358,7 +358,9 @@ class World(ChaosRun):
         namespace = f"chaos-{uuid.uuid4().hex[:6]}"
         folder.mkdir(parents=True, exist_ok=True)
         kubeconfig = plane.plane.kubeconfig
-        self.controller = Controller(plane.plane, folder / "controller.log", namespace)
+        # The provisioning throttle lifted, as in the benchmark the figures came from.
+        limit = ("--provisioning-limit", str(size))
+        self.controller = Controller(plane.plane, folder / "controller.log", namespace, limit)
         self.boot = BootProcess(kubeconfig, folder / "boot.log", namespace, folder / "boot")
         self.agent = HttpAgent(kubeconfig, namespace, self.boot.url, install_seconds, seed)
         super().__init__(size, namespace, Ledger(kubeconfig, namespace, self.agent.wiped_in))

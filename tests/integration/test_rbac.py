@@ -147,6 +147,17 @@ def test_the_controller_holds_its_lease_only_in_its_own_namespace(
     assert not can_i(kubectl, CONTROLLER, "delete", "leases.coordination.k8s.io", SYSTEM)
 
 
+def test_the_controller_writes_its_slot_ledger_only_in_its_own_namespace(
+    components: None, kubectl: list[str]
+) -> None:
+    ledger = "configmaps/plunder-provisioning-slots"
+    assert can_i(kubectl, CONTROLLER, "patch", ledger, SYSTEM)
+    assert can_i(kubectl, CONTROLLER, "create", "configmaps", SYSTEM)
+    assert not can_i(kubectl, CONTROLLER, "patch", ledger, "default")
+    assert not can_i(kubectl, CONTROLLER, "patch", "configmaps/other", SYSTEM)
+    assert not can_i(kubectl, CONTROLLER, "delete", ledger, SYSTEM)
+
+
 def test_the_controller_reconciles_as_its_service_account(
     components: None,
     plane: Plane,
@@ -177,6 +188,11 @@ def test_the_controller_reconciles_as_its_service_account(
         eventually(lambda: world.claims(kube, namespace) == {"h0": "m0"}, "the host claimed")
         (host,) = world.hosts(kube, namespace)
         assert host["spec"]["image"]["url"] == world.IMAGE["url"]
+        # Its move into provisioning took a slot: the ledger was written as the ServiceAccount.
+        eventually(
+            lambda: world.hosts(kube, namespace)[0]["status"]["state"] == "provisioning",
+            "the host provisioning",
+        )
     log = controller.log.read_text()
     assert "Forbidden" not in log and "forbidden" not in log, log[-3000:]
     assert "became the leader" in log

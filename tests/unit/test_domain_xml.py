@@ -44,3 +44,11 @@ def test_uefi_hosts_use_ovmf_with_their_own_variables() -> None:
 def test_invalid_hosts_are_refused(name: str, mac: str) -> None:
     with pytest.raises(vms.VMError):
         vms.VMSpec(name=name, mac=mac)
+
+
+def test_a_host_disk_is_raw_and_ignores_guest_flushes() -> None:
+    driver = domain("bios").find("devices/disk/driver")
+    assert driver is not None
+    assert (driver.get("type"), driver.get("cache")) == ("raw", "unsafe")
+    source = domain("bios").find("devices/disk/source")
+    assert source is not None and source.get("file") == "/lab/vms/h1.img"

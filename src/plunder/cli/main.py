@@ -20,6 +20,7 @@ from rich.table import Table
 from plunder import __version__
 from plunder.api import crdgen
 from plunder.cli import options
+from plunder.reconcile.slots import DEFAULT_LIMIT as DEFAULT_PROVISIONING_LIMIT
 
 console = Console()
 err_console = Console(stderr=True)
@@ -103,6 +104,24 @@ def render_policies() -> str:
     help="Seconds from the start of provisioning to the installed OS's phone home; then the "
     "host goes to error (ProvisioningTimeout).",
 )
+@click.option(
+    "--provisioning-limit",
+    type=click.IntRange(min=1),
+    default=DEFAULT_PROVISIONING_LIMIT,
+    show_default=True,
+    envvar="PLUNDER_PROVISIONING_LIMIT",
+    show_envvar=True,
+    help="Hosts provisioning or deprovisioning at once, across every host the controller "
+    "manages (Metal3's PROVISIONING_LIMIT); the others wait (WaitingForProvisioningSlot).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=1, max=65535),
+    default=None,
+    envvar="PLUNDER_METRICS_PORT",
+    show_envvar=True,
+    help="Serve Prometheus metrics at /metrics on this port (all addresses); off by default.",
+)
 def controller(
     kubeconfig: Path | None,
     namespace: str | None,
@@ -110,11 +129,13 @@ def controller(
     leader_elect: bool,
     leader_election_namespace: str | None,
     provisioning_timeout: float,
+    provisioning_limit: int,
+    metrics_port: int | None,
 ) -> None:
     """Run the controllers (kopf operator) until SIGTERM."""
     from plunder.k8s import client as k8s_client
     from plunder.k8s import crds as k8s_crds
-    from plunder.operator import deadline
+    from plunder.operator import deadline, metrics, slots
     from plunder.operator.main import run_operator
 
     if kubeconfig is not None:
@@ -126,10 +147,12 @@ def controller(
             "install them with: plunderctl crds | kubectl apply --server-side -f -"
         )
         sys.exit(2)
-    lease_namespace = None
-    if leader_elect:
-        lease_namespace = leader_election_namespace or namespace or _pod_namespace() or "default"
+    own_namespace = leader_election_namespace or namespace or _pod_namespace() or "default"
+    lease_namespace = own_namespace if leader_elect else None
     deadline.SETTINGS.provisioning_timeout_s = provisioning_timeout
+    slots.SETTINGS.provisioning_limit = provisioning_limit
+    slots.SETTINGS.ledger_namespace = own_namespace
+    metrics.SETTINGS.port = metrics_port
     run_operator(namespace, liveness_port, lease_namespace)
 
 

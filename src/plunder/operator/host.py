@@ -5,14 +5,19 @@ through ``hoststate.controller_transition``; a move is written with the resource
 decision was made on, so a write that raced another writer fails and is decided again on the
 next event instead of overwriting newer state. The move is the only write: what the host's BMC
 must do follows from the new state, and the power loop (:mod:`plunder.operator.power`) does it.
+
+A move into ``provisioning`` or ``deprovisioning`` first takes one of the provisioning slots
+(:mod:`plunder.operator.slots`); without one the host stays where it is and waits, and is decided
+again when a slot frees.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 import kopf
@@ -23,21 +28,35 @@ from lightkube.types import PatchType
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.client import async_client
 from plunder.k8s.resources import resource_for
-from plunder.reconcile import hoststate
+from plunder.operator import slots as slot_gate
+from plunder.reconcile import hoststate, slots
 
 _INFO = PlunderHost.info
 log = logging.getLogger(__name__)
 
 
 @kopf.on.startup()
-async def open_client(memo: kopf.Memo, **_: Any) -> None:
-    """One API client for the handlers' own writes."""
+async def open_client(memo: kopf.Memo, **kwargs: Any) -> None:
+    """One API client for the handlers' own writes, and the provisioning slots that use it."""
     memo.client = async_client(field_manager="plunder-controller")
+
+    async def retry(body: Mapping[str, Any]) -> None:
+        await move_host(body, memo, log)
+
+    def wake_machine(key: tuple[str, str]) -> None:
+        machines = getattr(memo, "machines", None)  # the machine controller, once it runs
+        if machines is not None:
+            machines.wakeups.wake(key)
+
+    memo.slots = slot_gate.ProvisioningSlots(
+        memo.client, kwargs["plunderhosts_by_namespace"], slot_gate.SETTINGS, retry, wake_machine
+    )
 
 
 @kopf.on.cleanup()
 async def close_client(memo: kopf.Memo, **_: Any) -> None:
     """Close it on the way out."""
+    await memo.slots.stop()
     client: AsyncClient = memo.client
     await client.close()
 
@@ -46,19 +65,43 @@ async def close_client(memo: kopf.Memo, **_: Any) -> None:
 async def plunderhost_event(
     type: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
-    """Move the host if the controller's part of the state machine says so."""
-    if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+    """Move the host if the controller's part of the state machine says so.
+
+    A host outside the slot states (or gone) may have just freed a slot: the waiters are
+    decided again.
+    """
+    gate: slot_gate.ProvisioningSlots = memo.slots
+    meta = body.get("metadata", {})
+    if type == "DELETED" or meta.get("deletionTimestamp"):
+        gate.stop_waiting(meta.get("namespace", ""), meta.get("name", ""))
+        gate.kick()
         return
+    await move_host(dict(body), memo, logger)
+    if (body.get("status") or {}).get("state") not in slots.SLOT_STATES:
+        gate.kick()
+
+
+async def move_host(body: Mapping[str, Any], memo: kopf.Memo, logger: kopf.Logger) -> None:
+    """Decide the host's move and write it; a move into a slot state takes a slot first."""
+    gate: slot_gate.ProvisioningSlots = memo.slots
     host = PlunderHost.model_validate(dict(body))
+    namespace, name = host.metadata.namespace or "", host.metadata.name or ""
     change = hoststate.controller_decision(host, datetime.now(UTC))
     if change.status is None:
+        gate.stop_waiting(namespace, name)
         return
+    if slots.takes_slot(hoststate.state_of(host), change.status.get("state")):
+        decision = await gate.request(host)
+        if decision is None or not decision.granted:
+            gate.wait(body, decision)
+            return
+        gate.stop_waiting(namespace, name)
     client: AsyncClient = memo.client
     if not await write_status(client, host, change.status, logger):
         return
     if change.event is not None:
         reason, message, kind = change.event
-        kopf.event(body, type=kind, reason=reason, message=message)
+        kopf.event(kopf.Body(cast(Any, body)), type=kind, reason=reason, message=message)
     logger.info(
         "host %s: %s → %s",
         host.spec.boot_mac_address,

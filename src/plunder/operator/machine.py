@@ -17,6 +17,11 @@ loser gives its host back), so replicas run with leader election (:mod:`plunder.
 and only one acts. The binding written on the machine carries its
 finalizer; a deleted machine is reconciled by :mod:`plunder.operator.machine_delete`. Status is
 written only when it changed, so once per transition.
+
+A claimed host whose move into ``provisioning`` waits for a provisioning slot leaves the machine
+``Pending`` with the reason ``WaitingForProvisioningSlot``: the slot gate of the host handler
+(:mod:`plunder.operator.slots`, in the same process) says which hosts wait, and wakes the machine
+when its host begins or ends waiting.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from plunder.k8s.resources import as_dict, resource_for
 from plunder.operator import machine_delete
 from plunder.operator.caches import Caches, Key
 from plunder.operator.machine_delete import delete_ip_address_claim, fetch_host, release_host
+from plunder.operator.slots import ProvisioningSlots
 from plunder.operator.wakeups import Wakeups
 from plunder.operator.workqueue import WorkQueue
 from plunder.reconcile import machine as decide
@@ -156,7 +162,7 @@ class MachineController:
                 )
                 return delay
             reconciler = MachineReconciler(
-                body, client, self.caches, self.wakeups, self.ledger, memory
+                body, client, self.caches, self.wakeups, self.ledger, memory, self.memo.slots
             )
             delay = await reconciler.reconcile()
             if not memory.finalized and machine_delete.with_finalizer(body) is not None:
@@ -283,8 +289,10 @@ class MachineReconciler:
         wakeups: Wakeups,
         ledger: ClaimLedger,
         memory: MachineMemory,
+        slots: ProvisioningSlots,
     ) -> None:
         self.body = body
+        self.slots = slots
         self.ledger = ledger
         self.client = client
         self.caches = caches
@@ -348,10 +356,16 @@ class MachineReconciler:
             now,
             host=host,
             failure_domain=host.labels.get(label) if label else None,
+            slot_wait=decide.waiting_for_slot(
+                host, self.slots.waiting_for(namespace, host.name), self.memory.previous
+            ),
         )
-        before = self.memory.previous.state if self.memory.previous else None
+        previous = self.memory.previous
         await self.write_status(machine, status)
-        self.post(decide.transition_events(before, status.state, host))
+        self.post(
+            decide.transition_events(previous.state if previous else None, status.state, host)
+        )
+        self.post(decide.slot_wait_events(previous, status))
         return SETTLED_RESYNC
 
     def bound(self, machine: PlunderMachine, hosts: list[HostCandidate]) -> HostCandidate | None:

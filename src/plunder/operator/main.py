@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import kopf
 
 # Importing the handler modules registers their handlers with kopf's default registry.
-from plunder.operator import cluster, deadline, host, machine, power, settings  # noqa: F401
+from plunder.operator import cluster, deadline, host, machine, metrics, power, settings  # noqa: F401
 from plunder.operator.leader import (
     LeaderElector,
     LeaseTiming,

@@ -33,7 +33,7 @@ from plunder.api.infrastructure import (
     PlunderMachine,
     PlunderMachineStatus,
 )
-from plunder.reconcile import conditions, hoststate
+from plunder.reconcile import conditions, hoststate, slots
 from plunder.reconcile.hoststate import PROVISION_REASON, EventSpec
 from plunder.reconcile.selection import Consumer, HostCandidate
 
@@ -281,8 +281,12 @@ def machine_status(
     wait: Wait | None = None,
     host: HostCandidate | None = None,
     failure_domain: str | None = None,
+    slot_wait: Wait | None = None,
 ) -> PlunderMachineStatus:
     """The status to write for one of: paused, waiting (``wait``), or bound to ``host``.
+
+    A bound host that waits for a provisioning slot (``slot_wait``) leaves the machine
+    ``Pending``, its ``Provisioned`` condition saying why.
 
     ``initialization.provisioned`` and ``ready`` never go back to false once true: Cluster API
     does not expect them to.
@@ -309,6 +313,13 @@ def machine_status(
         update["state"] = wait.state
     else:
         state, provisioned, reason, message = _host_state_view(host)
+        if slot_wait is not None:
+            state, provisioned, reason, message = (
+                slot_wait.state,
+                "False",
+                slot_wait.reason,
+                slot_wait.message,
+            )
         put(HOST_CLAIMED, "True", "Claimed", f"host {host.name} ({host.mac})")
         put(PROVISIONED, provisioned, reason, message)
         update |= {"state": state, "addresses": addresses(machine, host)}
@@ -356,6 +367,38 @@ def transition_events(
             (host.error_reason or "HostError", f"host {host.name} failed provisioning", "Warning")
         )
     return events
+
+
+def waiting_for_slot(
+    host: HostCandidate, refusal: slots.Decision | None, previous: PlunderMachineStatus | None
+) -> Wait | None:
+    """The wait of a machine whose host waits for a provisioning slot (None: it does not).
+
+    ``refusal`` is what the slot gate holds for the host. A restarted controller's gate knows
+    nothing until it has decided the host again: while the host is still ``available``, a wait
+    the machine already shows is kept rather than flipped to "provisioning" and back.
+    """
+    if host.state in slots.SLOT_STATES:
+        return None
+    if refusal is not None:
+        return Wait(slots.WAITING_REASON, f"host {host.name}: {refusal.message}", "Pending")
+    shown = find_condition(previous, PROVISIONED)
+    if host.state == "available" and shown is not None and shown.reason == slots.WAITING_REASON:
+        return Wait(slots.WAITING_REASON, shown.message or "", "Pending")
+    return None
+
+
+def slot_wait_events(
+    previous: PlunderMachineStatus | None, status: PlunderMachineStatus
+) -> list[EventSpec]:
+    """The Event of a machine that begins to wait for a provisioning slot."""
+    now = find_condition(status, PROVISIONED)
+    if now is None or now.reason != slots.WAITING_REASON:
+        return []
+    before = find_condition(previous, PROVISIONED)
+    if before is not None and before.reason == slots.WAITING_REASON:
+        return []
+    return [(slots.WAITING_REASON, now.message or "", "Normal")]
 
 
 def no_hardware_event(machine: PlunderMachine) -> EventSpec:

@@ -1,0 +1,140 @@
+"""The provisioning throttle's decisions (the ledger's meaning, grants, refusals)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from plunder.api.infrastructure import PlunderMachine
+from plunder.reconcile import machine as decide
+from plunder.reconcile import slots
+from plunder.reconcile.selection import HostCandidate
+
+
+def test_only_moves_into_a_slot_state_take_a_slot() -> None:
+    assert slots.takes_slot("available", "provisioning")
+    assert slots.takes_slot("error", "provisioning")
+    assert slots.takes_slot("provisioned", "deprovisioning")
+    assert slots.takes_slot("error", "deprovisioning")
+    assert not slots.takes_slot("provisioning", "deprovisioning")  # it keeps the slot it has
+    assert not slots.takes_slot("discovered", None)
+    assert not slots.takes_slot("inspecting", "available")
+
+
+def test_an_entry_holds_its_slot_until_its_move_lands_and_while_the_host_is_in_a_slot_state() -> (
+    None
+):
+    assert slots.holds_slot("7", slots.HostView("available", "7"))  # the move is in flight
+    assert slots.holds_slot("7", slots.HostView("provisioning", "8"))  # it landed
+    assert slots.holds_slot("7", slots.HostView("deprovisioning", "12"))
+    # changed before the move (which, guarded by "7", then failed), or came and went
+    assert not slots.holds_slot("7", slots.HostView("available", "8"))
+    assert not slots.holds_slot("7", slots.HostView("provisioned", "9"))
+    assert not slots.holds_slot("7", None)  # gone
+
+
+def test_a_grant_adds_the_host_to_the_ledger_while_slots_are_free() -> None:
+    decision = slots.decide({"ns/a": "3"}, {"ns/b"}, "ns/c", "9", limit=3)
+    assert decision.granted
+    assert decision.ledger == {"ns/a": "3", "ns/c": "9"}
+    assert decision.in_use == 3
+
+
+def test_past_the_limit_the_host_is_refused_with_a_message_naming_the_limit() -> None:
+    decision = slots.decide({"ns/a": "3"}, {"ns/a", "ns/b", "other/x"}, "ns/c", "9", limit=3)
+    assert not decision.granted
+    assert "ns/c" not in decision.ledger
+    assert decision.message == "3 of 3 provisioning slots in use; waiting"
+
+
+def test_ledger_entries_and_busy_hosts_count_once_each() -> None:
+    # a host both in the ledger and in a slot state is one slot, not two
+    assert slots.decide({"ns/a": "3"}, {"ns/a"}, "ns/b", "5", limit=2).granted
+    assert slots.in_use({"ns/a": "3"}, {"ns/a", "ns/b"}) == 2
+
+
+def test_a_host_that_holds_a_slot_keeps_it_even_when_the_limit_was_lowered() -> None:
+    decision = slots.decide({"ns/a": "3", "ns/b": "4"}, {"ns/b"}, "ns/a", "6", limit=1)
+    assert decision.granted
+    assert decision.ledger["ns/a"] == "6"
+
+
+def test_the_ledger_round_trips_and_a_broken_one_reads_as_empty() -> None:
+    ledger = {"ns/b": "2", "ns/a": "1"}
+    data = slots.render_ledger(ledger)
+    assert slots.parse_ledger(data) == ledger
+    assert list(data) == [slots.LEDGER_KEY]
+    assert slots.parse_ledger(None) == {}
+    assert slots.parse_ledger({slots.LEDGER_KEY: "not json"}) == {}
+    assert slots.parse_ledger({slots.LEDGER_KEY: "[1, 2]"}) == {}
+
+
+def test_a_limit_below_one_is_refused_with_the_reason() -> None:
+    assert slots.validate_limit(1) == 1
+    with pytest.raises(ValueError, match="at least 1"):
+        slots.validate_limit(0)
+
+
+def _host(state: str) -> HostCandidate:
+    return HostCandidate("h1", "ns", "u1", "5", "00:50:56:a5:11:01", state)
+
+
+def _machine() -> PlunderMachine:
+    return PlunderMachine.model_validate(
+        {"metadata": {"name": "m1", "namespace": "ns", "generation": 1}, "spec": {}}
+    )
+
+
+def test_a_machine_whose_host_waits_is_pending_with_the_condition_and_one_event() -> None:
+    refusal = slots.Decision(False, {}, 3, 3)
+    wait = decide.waiting_for_slot(_host("available"), refusal, None)
+    assert wait is not None
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    status = decide.machine_status(_machine(), None, now, host=_host("available"), slot_wait=wait)
+    assert status.state == "Pending"
+    condition = decide.find_condition(status, decide.PROVISIONED)
+    assert condition is not None
+    assert (condition.status, condition.reason) == ("False", "WaitingForProvisioningSlot")
+    assert condition.message == "host h1: 3 of 3 provisioning slots in use; waiting"
+    claimed = decide.find_condition(status, decide.HOST_CLAIMED)
+    assert claimed is not None and claimed.status == "True"
+    assert decide.slot_wait_events(None, status) == [
+        ("WaitingForProvisioningSlot", condition.message, "Normal")
+    ]
+    again = decide.machine_status(_machine(), status, now, host=_host("available"), slot_wait=wait)
+    assert decide.slot_wait_events(status, again) == []  # announced once
+
+
+def test_a_host_in_a_slot_state_is_not_waiting_whatever_the_gate_says() -> None:
+    refusal = slots.Decision(False, {}, 3, 3)
+    assert decide.waiting_for_slot(_host("provisioning"), refusal, None) is None
+    assert decide.waiting_for_slot(_host("available"), None, None) is None
+
+
+def test_a_wait_shown_is_kept_until_the_gate_decides_again_after_a_restart() -> None:
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    refusal = slots.Decision(False, {}, 3, 3)
+    wait = decide.waiting_for_slot(_host("available"), refusal, None)
+    shown = decide.machine_status(_machine(), None, now, host=_host("available"), slot_wait=wait)
+    kept = decide.waiting_for_slot(_host("available"), None, shown)
+    assert kept is not None and kept.message == "host h1: 3 of 3 provisioning slots in use; waiting"
+    # once the host moved, or failed, the wait is over whatever was shown
+    assert decide.waiting_for_slot(_host("provisioning"), None, shown) is None
+    assert decide.waiting_for_slot(_host("error"), None, shown) is None
+    assert decide.waiting_for_slot(_host("provisioned"), None, shown) is None
+
+
+def test_plunderctl_controller_refuses_a_limit_below_one_before_it_starts() -> None:
+    from click.testing import CliRunner
+
+    from plunder.cli.main import cli
+
+    for argv, env in (
+        (["controller", "--provisioning-limit", "0"], {}),
+        (["controller"], {"PLUNDER_PROVISIONING_LIMIT": "0"}),
+    ):
+        result = CliRunner().invoke(cli, argv, env=env)
+        assert result.exit_code == 2
+        assert "'--provisioning-limit'" in result.output
+        assert "0 is not in the range x>=1" in result.output
