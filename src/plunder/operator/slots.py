@@ -73,12 +73,11 @@ class Waiter:
 
 
 def consumer_of(body: Mapping[str, Any]) -> Key | None:
-    """The PlunderMachine a host's ``spec.consumerRef`` names."""
-    ref = (body.get("spec") or {}).get("consumerRef") or {}
-    if ref.get("kind") != "PlunderMachine" or not ref.get("name"):
+    """The PlunderMachine a host's ``spec.consumerRef`` names (read as the host cache reads it)."""
+    consumer = HostCandidate.from_body(body).consumer
+    if consumer is None or consumer.kind != "PlunderMachine" or not consumer.name:
         return None
-    namespace = ref.get("namespace") or (body.get("metadata") or {}).get("namespace", "")
-    return (namespace, ref["name"])
+    return (consumer.namespace, consumer.name)
 
 
 class ProvisioningSlots:
