@@ -35,7 +35,7 @@ from plunder.boot.ipxe import scripts
 from plunder.k8s import capi
 from plunder.k8s import client as k8s_client
 from plunder.k8s.resources import as_dict
-from plunder.lab import processes, restarts
+from plunder.lab import processes, restarts, vms
 from plunder.lab.lab import OS_IMAGE_NAME
 from plunder.reconcile import hoststate
 from tests.e2e.test_lab_hosts import mbr_signature
@@ -114,7 +114,8 @@ class LabChaos(ChaosRun):
         self.server = server
         hosts: list[dict[str, Any]] = json.loads((folder / "hosts.json").read_text())
         self.disks = {
-            macs.host_name(host["mac"]): folder / "vms" / f"{host['name']}.qcow2" for host in hosts
+            macs.host_name(host["mac"]): vms.VMFiles.in_dir(folder / "vms", host["name"]).disk
+            for host in hosts
         }
         ledger = Ledger(folder / "kubeconfig", NAMESPACE, self.wiped_in)
         super().__init__(len(hosts), NAMESPACE, ledger)
