@@ -29,7 +29,7 @@ from lightkube.types import PatchType
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.client import sync_client
 from plunder.k8s.resources import as_dict, resource_for
-from plunder.lab import network
+from plunder.lab import network, vms
 from plunder.lab.lab import recorded_network
 from tests.conftest import isolated_lab, plunderctl
 
@@ -53,7 +53,7 @@ class RunningLab:
         return f"qemu:///system?socket={self.folder / 'hv' / 'libvirt' / 'run' / 'libvirt-sock'}"
 
     def serial(self, name: str) -> str:
-        return (self.folder / "vms" / f"{name}.serial.log").read_text(errors="replace")
+        return vms.VMFiles.in_dir(self.folder / "vms", name).serial_log.read_text(errors="replace")
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 120) -> Any:
@@ -384,7 +384,7 @@ def test_an_os_is_installed_phones_home_and_is_wiped_again(lab: RunningLab) -> N
     ]
     assert "Plunder has begun provisioning the Operating System" in messages
     assert any(m.startswith("Host has been successfully provisioned OS in") for m in messages)
-    disk = lab.folder / "vms" / f"{name}.img"
+    disk = vms.VMFiles.in_dir(lab.folder / "vms", name).disk
     assert mbr_signature(disk) == b"\x55\xaa"
 
     # Release: take the image away; the controller power-cycles the host through its BMC into

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -299,6 +300,30 @@ def lab_down(lab_dir: Path | None) -> None:
 
     stopped = lab_module.down(lab_dir or lab_module.default_lab_dir())
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@lab.command("restart")
+@_LAB_DIR
+@click.argument("component", type=click.Choice(["controller", "boot", "dnsmasq", "kube-apiserver"]))
+@click.option("--kill", is_flag=True, help="SIGKILL it (as a crash would), not SIGTERM.")
+def lab_restart(lab_dir: Path | None, component: str, kill: bool) -> None:
+    """Stop one part of the lab and start it again with the same arguments, as its Deployment would.
+
+    dnsmasq is the boot service's: it is stopped alone, and the boot service starts it again.
+    """
+    lab_module = _lab_module()
+    from plunder.lab import processes, restarts
+
+    folder = lab_dir or lab_module.default_lab_dir()
+    try:
+        done = restarts.restart(folder, component, signal.SIGKILL if kill else signal.SIGTERM)
+    except processes.StartupError as error:
+        err_console.print(f"[red]{error}[/red]")
+        sys.exit(1)
+    console.print(
+        f"{component}: pid {done.stopped} stopped, pid {done.started} answering after "
+        f"{done.back_after:.1f}s"
+    )
 
 
 @lab.command("status")

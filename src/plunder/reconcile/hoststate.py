@@ -19,6 +19,7 @@ follows from the state alone (:func:`power_wish`), converged by the controller's
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -195,6 +196,43 @@ def root_device(host: PlunderHost) -> str:
 WIPED_REASON = "Wiped"
 """The reason of the agent's ``done`` for a wipe (``agent.sh``: ``report done Wiped …``)."""
 
+UNREACHABLE_REASONS = frozenset(
+    {"ImageDownloadFailed", "CloudInitUnavailable", "ChecksumUnavailable"}
+)
+"""The agent's failures to fetch what it writes: the image, its checksum file, the cloud-init
+data. Unless a server answered 4xx, they say the server was away or the connection dropped (a
+boot service restarted, say by a rolling update, in the middle of the download): not a fault
+of the host or of its spec."""
+
+_CLIENT_ERROR = re.compile(r"HTTP/\d(?:\.\d)? 4\d\d")
+
+
+def passing_failure(reason: str, message: str) -> bool:
+    """Whether a failure the agent reported is one of reaching a server that may pass by itself.
+
+    Such a failure does not end provisioning: the host stays ``provisioning``, the agent is told
+    to provision again at its next poll, and the provisioning deadline bounds the tries. Before,
+    a boot service killed while an image streamed (bench/chaos_lab.py kills it so) left the host
+    in ``error`` until a person changed its spec.
+    """
+    return reason in UNREACHABLE_REASONS and not _CLIENT_ERROR.search(message)
+
+
+def retried(host: PlunderHost, reason: str, message: str, now: datetime) -> Change:
+    """A passing failure: the attempt's write phase is dropped (the next one starts afresh).
+
+    Dropped, not finished: a write that ended would stop the cloud-init data from being served
+    to the next attempt and let a phone-home in (:mod:`plunder.boot.trust`).
+    """
+    text = f"{message}; the agent tries again"
+    return Change(
+        {
+            "phases": [phase for phase in _phases(host) if phase["name"] != "writing"],
+            "conditions": provisioned_condition(host, "False", reason, text, now),
+        },
+        (reason, f"provisioning: {text}", "Warning"),
+    )
+
 
 def agent_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> Change:
     """The agent reported a phase of its work.
@@ -208,6 +246,8 @@ def agent_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> 
     phase, reason = fields.get("phase", ""), fields.get("reason", "")
     message = fields.get("message", "")[:1000]
     state = state_of(host)
+    if phase == "failed" and state == "provisioning" and passing_failure(reason, message):
+        return retried(host, reason, message, now)
     if phase == "failed":
         return failed(host, reason or "AgentFailed", message, now)
     if phase == "writing" and state == "provisioning":
