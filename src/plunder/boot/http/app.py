@@ -22,6 +22,7 @@ from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from plunder.api import rules
 from plunder.api.inventory import PlunderHost
 from plunder.boot import tokens, trust
 from plunder.boot.backend.base import BootFacts, HostBackend
@@ -144,6 +145,9 @@ async def boot_ipxe(request: web.Request) -> web.Response:
         mac = normalise_mac(request.query.get("mac", ""))
     except InvalidMACError as error:
         return _reject(request, 400, "invalid-mac", str(error))
+    not_a_nic = rules.first_failure(rules.mac_address("mac"), mac)
+    if not_a_nic is not None:  # the schema would refuse its PlunderHost: no write is tried
+        return _reject(request, 400, "not-a-nic", not_a_nic)
     leased_to = app[LEASES_KEY].mac_for(request.remote or "")
     if leased_to is not None and leased_to != mac:
         return _reject(
