@@ -105,6 +105,14 @@ def render_policies() -> str:
     "host goes to error (ProvisioningTimeout).",
 )
 @click.option(
+    "--deprovisioning-timeout",
+    type=click.FloatRange(min=1),
+    default=900,
+    show_default=True,
+    help="Seconds from the start of deprovisioning to the agent's report of the wipe; then "
+    "the host is power-cycled again (DeprovisioningRetried). It is never given unwiped.",
+)
+@click.option(
     "--provisioning-limit",
     type=click.IntRange(min=1),
     default=DEFAULT_PROVISIONING_LIMIT,
@@ -129,6 +137,7 @@ def controller(
     leader_elect: bool,
     leader_election_namespace: str | None,
     provisioning_timeout: float,
+    deprovisioning_timeout: float,
     provisioning_limit: int,
     metrics_port: int | None,
 ) -> None:
@@ -150,6 +159,7 @@ def controller(
     own_namespace = leader_election_namespace or namespace or _pod_namespace() or "default"
     lease_namespace = own_namespace if leader_elect else None
     deadline.SETTINGS.provisioning_timeout_s = provisioning_timeout
+    deadline.SETTINGS.deprovisioning_timeout_s = deprovisioning_timeout
     slots.SETTINGS.provisioning_limit = provisioning_limit
     slots.SETTINGS.ledger_namespace = own_namespace
     metrics.SETTINGS.port = metrics_port

@@ -493,6 +493,38 @@ def provisioning_deadline(host: PlunderHost, now: datetime, timeout_s: float) ->
     )
 
 
+DEPROVISIONING_RETRIED_REASON = "DeprovisioningRetried"
+
+
+def deprovisioning_deadline(host: PlunderHost, now: datetime, timeout_s: float) -> Change:
+    """Deprovisioning begun again once the wipe took too long: the host is power-cycled again.
+
+    The wipe ends with the agent's ``done``; a host whose power cycle was lost, or whose agent
+    never came up, would otherwise hold its provisioning slot and its machine's deletion for
+    good. Unlike provisioning it cannot give up: a host that is not wiped must never be given
+    again. So, as Metal3 retries a failed deprovisioning, the phase starts over, which gives the
+    power loop a new mark (:func:`power_wish`) and so a new power cycle; a host without a BMC
+    gets the same warning each time, for a person to power-cycle it.
+    """
+    if state_of(host) != "deprovisioning":
+        return Change()
+    taken = phase_seconds(host, "deprovisioning", now)
+    if taken is None or taken < timeout_s:
+        return Change()
+    if host.spec.bmc is None:
+        action = "the host has no BMC: power-cycle it by hand, and its agent wipes it"
+    else:
+        action = "power-cycling it into the agent again"
+    return Change(
+        {"phases": start_phase(host, "deprovisioning", now)},
+        (
+            DEPROVISIONING_RETRIED_REASON,
+            f"no wipe reported within {timeout_s:.0f} s of the start of deprovisioning; {action}",
+            "Warning",
+        ),
+    )
+
+
 def _last_phase(host: PlunderHost) -> str:
     """The last phase the host reached, as a person reads it."""
     phases = host.status.phases if host.status and host.status.phases else ()
