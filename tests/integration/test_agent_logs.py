@@ -26,8 +26,10 @@ from plunder.api.inventory import PlunderHost
 from plunder.boot import agentlog
 from plunder.boot.service import BootService
 from plunder.cli import hosts as cli_hosts
+from plunder.k8s.resources import as_dict
 from plunder.lab.plane import Plane
 from tests.conftest import running
+from tests.integration import sim_agent
 from tests.integration.test_boot_trust import HARDWARE, HOSTS, Peer, cache_shows, settings_for
 
 pytestmark = pytest.mark.integration
@@ -240,3 +242,43 @@ async def test_the_writes_progress_is_recorded_at_a_bounded_rate_and_shown(
     assert (await victim.call("POST", log_path, token, data="[6.0] forged\n"))[0] == 409
     code, output = plunderctl(plane, "get", "hosts", "-n", namespace)
     assert "MiB written" not in output
+
+
+async def test_the_simulated_agent_sends_its_log_and_progress_through_a_provisioning(
+    boot: BootService, kube: Client, namespace: str, plane: Plane
+) -> None:
+    """sim_agent, as agent.sh: its log after the lookup and before "done", counts in between."""
+    kube.create(
+        HOSTS.from_dict(
+            {
+                "apiVersion": PlunderHost.info.api_version,
+                "kind": PlunderHost.info.kind,
+                "metadata": {"name": NAME, "namespace": namespace},
+                "spec": {"bootMACAddress": VICTIM, "accepted": True},
+            }
+        )
+    )
+    patch(kube, namespace, {"status": {"state": "available"}}, status=True)
+    await cache_shows(boot, lambda host: bool(host.status and host.status.state == "available"))
+    agent = sim_agent.HttpAgent(plane.kubeconfig, namespace, boot.settings.http_base)
+    agent.start()
+    try:
+        assert await asyncio.to_thread(agent.parked.wait, 30) and agent.failure is None
+        await kept_log(kube, namespace, "lookup answered")
+        image = {"url": "http://127.0.0.1/files/os.raw", "checksum": "c" * 64, "format": "raw"}
+        patch(kube, namespace, {"spec": {"image": image}})
+        patch(kube, namespace, {"status": {"state": "provisioning"}}, status=True)
+        for _ in range(200):
+            body = as_dict(kube.get(HOSTS, NAME, namespace=namespace))
+            if (body.get("status") or {}).get("state") == "provisioned":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"never provisioned: {agent.agents[VICTIM].refusal}")
+    finally:
+        await asyncio.to_thread(agent.stop)
+    progress = as_dict(kube.get(HOSTS, NAME, namespace=namespace))["status"]["writeProgress"]
+    assert progress["imageBytes"] == sim_agent.IMAGE_BYTES
+    assert progress["downloadedBytes"] == sim_agent.IMAGE_BYTES // 2
+    found = await kept_log(kube, namespace, "status done Provisioned")
+    assert "status writing Writing" in (found.data or {})["log"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 from typing import Any
+
+import pytest
 
 from plunder.api.inventory import PlunderHost
 from plunder.boot import agentlog, trust
@@ -158,3 +161,45 @@ def test_progress_writes_are_bounded_per_host_and_across_the_fleet() -> None:
     assert not gate.admit("a")
     clock[0] = 10.0
     assert gate.admit("a")
+
+
+class _WatchEndedError(Exception):
+    pass
+
+
+class _Body(dict[str, Any]):
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self)
+
+
+class _FakeClient:
+    """list() answers the hosts, the first watch() a change, the second ends the test."""
+
+    def __init__(self, listed: list[PlunderHost], changes: list[PlunderHost]) -> None:
+        self.listed, self.changes, self.watches = listed, changes, 0
+
+    def list(self, *_: Any, **__: Any) -> list[_Body]:
+        return [_Body(host.to_api()) for host in self.listed]
+
+    def watch(self, *_: Any, **__: Any) -> Any:
+        self.watches += 1
+        if self.watches > 1:
+            raise _WatchEndedError
+        return [("MODIFIED", _Body(host.to_api())) for host in self.changes]
+
+
+def test_get_hosts_watch_prints_each_change_with_its_progress(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=200)
+    monkeypatch.setattr(cli_hosts, "console", console)
+    half = writing_host(downloadedBytes=340787200, writtenBytes=1048576000)
+    client = _FakeClient([host("available")], [half])
+    with pytest.raises(_WatchEndedError):
+        cli_hosts.watch_hosts(client, None)  # type: ignore[arg-type]
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    header, first, change = output.splitlines()
+    assert "Progress" in header and "available" in first
+    assert "provisioning" in change and "[##########----------]  50%" in change
