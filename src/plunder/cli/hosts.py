@@ -202,18 +202,30 @@ def watch_hosts(client: Client, namespace: str | None) -> None:
     """The hosts table, kept current from a watch (a terminal) or one row per change (a pipe)."""
     resource = resource_for(PlunderHost)
     hosts: dict[tuple[str, str], PlunderHost] = {}
-    for obj in client.list(resource, namespace=namespace or "*"):
+    listing = client.list(resource, namespace=namespace or "*")
+    for obj in listing:
         host = PlunderHost.model_validate(as_dict(obj))
         hosts[_key(host)] = host
+    version: str | None = getattr(listing, "resourceVersion", None)
 
     def table() -> Table:
         shown = sorted(hosts.values(), key=lambda host: host.spec.boot_mac_address)
         return hosts_table(shown, datetime.now(UTC))
 
     def events() -> Iterable[tuple[str, PlunderHost]]:
-        while True:  # a watch the server ends (its timeout) is started again
-            for kind, obj in client.watch(resource, namespace=namespace or "*"):
-                yield kind, PlunderHost.model_validate(as_dict(obj))
+        nonlocal version
+        while True:  # a watch the server ends (its timeout) goes on from the last version
+            try:
+                for kind, obj in client.watch(
+                    resource, namespace=namespace or "*", resource_version=version
+                ):
+                    host = PlunderHost.model_validate(as_dict(obj))
+                    version = host.metadata.resource_version or version
+                    yield kind, host
+            except ApiError as error:
+                if error.status.code != 410:
+                    raise
+                version = None  # too old: start afresh (each host is shown again)
 
     if not console.is_terminal:
         console.print(table())
