@@ -230,6 +230,9 @@ async def test_the_writes_progress_is_recorded_at_a_bounded_rate_and_shown(
     code, output = plunderctl(plane, "get", "hosts", "-n", namespace)
     assert code == 0, output
     assert "[##########----------]  50% 1000 MiB written" in output
+    _, metrics = await victim.call("GET", "/metrics")
+    assert 'plunder_boot_write_progress_total{result="recorded"} 1.0' in metrics
+    assert 'plunder_boot_write_progress_total{result="dropped"} 1.0' in metrics
 
     # The log's last upload goes before "done"; after it, neither log nor progress is taken.
     log_path = f"/agent/v1/{VICTIM}/log"

@@ -240,9 +240,12 @@ async def write_progress(request: web.Request) -> web.Response:
         raise web.HTTPConflict(text="no image write is under way on this host\n")
     fields = _fields((await request.content.read(4096)).decode(errors="replace"))
     status = hoststate.write_progress(host, fields, datetime.now(UTC))
+    metrics = request.app[METRICS_KEY].write_progress
     if status is None or not request.app[PROGRESS_KEY].admit(mac):
+        metrics.labels("dropped").inc()
         return web.Response(status=202)
     await request.app[BACKEND_KEY].patch_host_status(host, status)
+    metrics.labels("recorded").inc()
     return web.Response(status=204)
 
 
@@ -267,6 +270,7 @@ async def agent_log(request: web.Request) -> web.Response:
     secrets = (signer.token(mac, boot_id), signer.token(mac, boot_id, "phone-home"))
     text = agentlog.clean(body, secrets)
     written = await request.app[AGENT_LOGS_KEY].submit(host, boot_id, text)
+    request.app[METRICS_KEY].agent_logs.labels("written" if written else "waiting").inc()
     return web.Response(status=204 if written else 202)
 
 
