@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 from lightkube import Client
 from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap
 from lightkube.types import PatchType
 
@@ -180,6 +181,15 @@ async def test_the_log_is_kept_scrubbed_from_its_host_only_and_shown_by_plunderc
     assert code == 1 and "no host with MAC or name 'no-such-host'" in output
     code, output = plunderctl(plane, "logs", NAME, "-n", namespace, "--previous")
     assert code == 1 and "no log of an earlier boot" in output
+
+    # A ConfigMap of that name that is not a log (someone's own) is never overwritten.
+    kube.delete(ConfigMap, LOG_NAME, namespace=namespace)
+    kube.create(
+        ConfigMap(metadata=ObjectMeta(name=LOG_NAME, namespace=namespace), data={"mine": "1"})
+    )
+    await asyncio.sleep(0.6)
+    assert (await victim.call("POST", path, token, data=upload))[0] == 204
+    assert kube.get(ConfigMap, LOG_NAME, namespace=namespace).data == {"mine": "1"}
 
 
 def patch(kube: Client, namespace: str, body: dict[str, Any], status: bool = False) -> None:

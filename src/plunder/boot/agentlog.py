@@ -11,7 +11,8 @@ PlunderHosts (the controller's caches, the boot service's, ``kubectl get -w``) w
 64 KiB per host on every status change of a fleet, for text only a person reads, and rarely.
 A ConfigMap, not a Secret: the log holds nothing secret, because nothing secret goes in.
 It holds the log of the boot it came from (with its boot id) and the one before it (a wipe
-that follows a failed write keeps the failure's log).
+that follows a failed write keeps the failure's log). A ConfigMap of that name without the
+:data:`HOST_LABEL` (someone's own) is never overwritten.
 
 Scrubbing, on the boot service's side, whatever the agent sends: the host's tokens (the agent's
 and the phone-home one, recomputed from the boot id), anything after ``Bearer``/``token=``/

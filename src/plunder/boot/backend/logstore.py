@@ -62,6 +62,8 @@ class AgentLogStore:
             await self._write(host, boot_id, text)
         except ApiError as error:
             log.warning("agent log of %s not kept: %s", name, error.status.message)
+        except Exception as error:  # noqa: BLE001 - the API out of reach: the next upload tries
+            log.warning("agent log of %s not kept: %s", name, error)
         finally:
             self._timers.pop(name, None)
 
@@ -73,6 +75,7 @@ class AgentLogStore:
 
     async def _write(self, host: PlunderHost, boot_id: str, text: str) -> None:
         name = agentlog.configmap_name(host.metadata.name or "")
+        host_mac = host.spec.boot_mac_address
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         for attempt in range(_ATTEMPTS):
             try:
@@ -81,12 +84,22 @@ class AgentLogStore:
                 if error.status.code != 404:
                     raise
                 stored = None
+            labels = (stored.metadata.labels if stored and stored.metadata else None) or {}
+            if stored is not None and agentlog.HOST_LABEL not in labels:
+                # Someone's own ConfigMap of that name: never overwritten with a host's log.
+                log.warning("agent log of %s not kept: ConfigMap %s is not ours", host_mac, name)
+                return
             data = agentlog.next_data(stored.data if stored else None, boot_id, text, now)
+            fresh = self._new(host, name, data)
             try:
-                if stored is None:
-                    await self._client.create(self._new(host, name, data))
+                if stored is None or stored.metadata is None:
+                    await self._client.create(fresh)
                 else:
                     stored.data = data
+                    # the host's current owner reference (a host made again has a new uid)
+                    stored.metadata.ownerReferences = (
+                        fresh.metadata.ownerReferences if fresh.metadata else None
+                    )
                     await self._client.replace(stored)  # guarded by its resourceVersion
             except ApiError as error:
                 if error.status.code != 409 or attempt == _ATTEMPTS - 1:
