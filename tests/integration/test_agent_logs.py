@@ -39,13 +39,18 @@ VICTIM = "00:50:56:a5:11:20"
 NAME = "host-00-50-56-a5-11-20"
 OTHER = "00:50:56:a5:11:21"
 LOG_NAME = agentlog.configmap_name(NAME)
+INTERVAL = 2.0
+"""The boot service's log and progress intervals here: long enough that two calls made one
+after the other fall within one even on a loaded machine."""
 
 
 @pytest.fixture
 async def boot(
     plane: Plane, kube: Client, namespace: str, tmp_path: Path
 ) -> AsyncIterator[BootService]:
-    settings = settings_for(tmp_path, namespace, agent_log_interval=0.5, progress_interval=0.5)
+    settings = settings_for(
+        tmp_path, namespace, agent_log_interval=INTERVAL, progress_interval=INTERVAL
+    )
     async with running(BootService(settings, plane.kubeconfig)) as service:
         yield service
 
@@ -71,8 +76,23 @@ async def booted(peer: Peer, boot: BootService, mac: str) -> str:
     assert status == 200, text
     token = text.removeprefix("token=").strip()
     await cache_shows_mac(boot, mac, lambda host: bool(host.status and host.status.agent_boot_id))
-    assert (await peer.call("POST", f"/agent/v1/{mac}/inspection", token, json=HARDWARE))[0] == 204
+    await as_the_agent(peer, "POST", f"/agent/v1/{mac}/inspection", token, json=HARDWARE)
     return token
+
+
+async def as_the_agent(peer: Peer, method: str, path: str, token: str, **kwargs: Any) -> int:
+    """A call asked again while it is answered 409, as the agent asks again; then a yes.
+
+    Its guarded write may meet the boot service's cache a moment behind the API (a watch event
+    older than the service's own last write arriving after it).
+    """
+    for _ in range(50):
+        status, text = await peer.call(method, path, token, **kwargs)
+        if status != 409:
+            break
+        await asyncio.sleep(0.1)
+    assert status in (202, 204), (path, status, text)
+    return status
 
 
 async def cache_shows_mac(boot: BootService, mac: str, check: Any) -> PlunderHost:
@@ -166,11 +186,13 @@ async def test_the_log_is_kept_scrubbed_from_its_host_only_and_shown_by_plunderc
     second = upload + "[4.00] plunder-agent: status failed InvalidWork\n"
     third = second + "[4.50] plunder-agent: asking for work failed\n"
     fourth = third + "[4.90] plunder-agent: asking for work failed again\n"
+    await asyncio.sleep(INTERVAL)
     assert (await victim.call("POST", path, token, data=second))[0] == 204
+    writes = boot.agent_logs.writes
     assert (await victim.call("POST", path, token, data=third))[0] == 202
     assert (await victim.call("POST", path, token, data=fourth))[0] == 202
-    writes = boot.agent_logs.writes
     await kept_log(kube, namespace, "asking for work failed again")
+    await asyncio.sleep(0.2)  # the service's task counts its write once its answer is in
     assert boot.agent_logs.writes == writes + 1, "one write for the two waiting uploads"
 
     code, output = plunderctl(plane, "logs", VICTIM, "-n", namespace)
@@ -187,7 +209,7 @@ async def test_the_log_is_kept_scrubbed_from_its_host_only_and_shown_by_plunderc
     kube.create(
         ConfigMap(metadata=ObjectMeta(name=LOG_NAME, namespace=namespace), data={"mine": "1"})
     )
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(INTERVAL + 0.1)
     assert (await victim.call("POST", path, token, data=upload))[0] == 204
     assert kube.get(ConfigMap, LOG_NAME, namespace=namespace).data == {"mine": "1"}
 
@@ -219,11 +241,11 @@ async def test_the_writes_progress_is_recorded_at_a_bounded_rate_and_shown(
 
     status_path = f"/agent/v1/{VICTIM}/status"
     begin = "phase=writing\nreason=Writing\nmessage=m\nbytes=0\nimage_bytes=681574400\n"
-    assert (await victim.call("POST", status_path, token, data=begin))[0] == 204
+    assert await as_the_agent(victim, "POST", status_path, token, data=begin) == 204
     await cache_shows(boot, lambda host: bool(host.status and host.status.write_progress))
     assert (await attacker.call("POST", progress, "0" * 64, data=counts))[0] == 403
-    await asyncio.sleep(0.6)
-    assert (await victim.call("POST", progress, token, data=counts))[0] == 204
+    await asyncio.sleep(INTERVAL + 0.1)
+    assert await as_the_agent(victim, "POST", progress, token, data=counts) == 204
     assert (await victim.call("POST", progress, token, data=counts))[0] == 202, "too soon"
     host = await cache_shows(
         boot,
@@ -248,9 +270,9 @@ async def test_the_writes_progress_is_recorded_at_a_bounded_rate_and_shown(
     log_path = f"/agent/v1/{VICTIM}/log"
     assert (await victim.call("POST", log_path, token, data="[5.0] status done\n"))[0] == 204
     done = "phase=done\nreason=Provisioned\nmessage=m\nbytes=1048576000\n"
-    assert (await victim.call("POST", status_path, token, data=done))[0] == 204
+    assert await as_the_agent(victim, "POST", status_path, token, data=done) == 204
     await cache_shows(boot, write_ended)
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(INTERVAL + 0.1)
     assert (await victim.call("POST", progress, token, data=counts))[0] == 409
     assert (await victim.call("POST", log_path, token, data="[6.0] forged\n"))[0] == 409
     code, output = plunderctl(plane, "get", "hosts", "-n", namespace)
