@@ -246,6 +246,7 @@ class HttpAgent(threading.Thread):
                 status, _ = await self._call(agent, "POST", host, "progress", token, counts)
                 if status != 409:
                     break
+                await asyncio.sleep(0.2)  # the service's cache a moment behind its own write
             agent.log.append(f"plunder-agent: writing: {IMAGE_BYTES // 2 >> 20} MiB downloaded")
         agent.phone_home = yaml.safe_load(text)["phone_home"]["url"]
         await self._report(host, agent, token, "done", "Provisioned", "image written", "1")

@@ -281,8 +281,7 @@ def test_the_write_reports_its_byte_counts_while_the_image_streams(tmp_path: Pat
         "wget() { while [ $# -gt 1 ]; do\n"
         '  [ "$1" = --post-file ] && cat "$2" >>"$RUN/posted"; shift; done\n'
         '  echo "$1" >>"$RUN/urls"; }\n'
-        "head -c 3000000 /dev/zero | { sleep 1; cat >/dev/null; sleep 2; } &\n"
-        'sleep 2.5 & reader=$!; progress_monitor "$reader"; sort -u "$RUN/urls"',
+        'sleep 4 & reader=$!; progress_monitor "$reader"; sort -u "$RUN/urls"',
         str(tmp_path),
     )
     lines = out.splitlines()
