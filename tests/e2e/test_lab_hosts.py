@@ -387,6 +387,20 @@ def test_an_os_is_installed_phones_home_and_is_wiped_again(lab: RunningLab) -> N
     disk = vms.VMFiles.in_dir(lab.folder / "vms", name).disk
     assert mbr_signature(disk) == b"\x55\xaa"
 
+    # What the host printed (its agent's log, sent before its "done"), and the write's counts.
+    def agent_log(*options: str) -> str:
+        return plunderctl("logs", host_name, "-n", "default", *options, env=lab.env).stdout
+
+    printed = wait_for(
+        lambda: (text := agent_log()) and "status done Provisioned" in text and text,
+        "the agent's log of the write",
+        timeout=30,
+    )
+    assert "plunder-agent: status writing Writing" in printed, printed[-3000:]
+    assert marker not in printed, "user-data reached the agent's log"
+    progress = hosts_by_mac(lab)[mac]["status"]["writeProgress"]
+    assert progress["imageBytes"] == (images / "debian-12.raw.lzo").stat().st_size, progress
+
     # Release: take the image away; the controller power-cycles the host through its BMC into
     # the agent, which wipes it.
     lab.kube.patch(
@@ -395,3 +409,6 @@ def test_an_os_is_installed_phones_home_and_is_wiped_again(lab: RunningLab) -> N
     wait_for(lambda: state() == "deprovisioning", "deprovisioning", timeout=30)
     wait_for(lambda: state() == "available", "the wipe", timeout=180)
     assert mbr_signature(disk) != b"\x55\xaa", "the wiped disk would still boot"
+    # The wipe was a boot of its own: its log is the last, the write's the one before.
+    wait_for(lambda: "status done Wiped" in agent_log(), "the wipe's log", timeout=30)
+    assert "status done Provisioned" in agent_log("--previous")

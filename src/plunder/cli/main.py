@@ -455,6 +455,7 @@ def main() -> None:
     cli.add_command(release.release)
     cli.add_command(hosts.get)
     cli.add_command(hosts.describe)
+    cli.add_command(hosts.logs)
     try:
         cli()
     except ConfigError as error:

@@ -254,7 +254,14 @@ def agent_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> 
         writing: dict[str, Any] = {"name": "writing", "started": _stamp(now)}
         if fields.get("disk_bps", "").isdigit():
             writing["diskBytesPerSecond"] = int(fields["disk_bps"])
-        return Change({"phases": [*_phases(host), writing]})
+        image_bytes = fields.get("image_bytes", "")
+        progress = {
+            "downloadedBytes": 0,
+            "writtenBytes": 0,
+            "imageBytes": int(image_bytes) if image_bytes.isdigit() else None,
+            "updated": _stamp(now),
+        }
+        return Change({"phases": [*_phases(host), writing], "writeProgress": progress})
     if phase == "done" and state == "provisioning":
         phases = finish_phase(host, "writing", now)
         if fields.get("bytes", "").isdigit():
@@ -276,6 +283,29 @@ def agent_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> 
             ("Deprovisioned", "disk wiped; the host is available again", "Normal"),
         )
     return Change()
+
+
+_PROGRESS_FIELDS = (
+    ("downloaded", "downloadedBytes"),
+    ("written", "writtenBytes"),
+    ("total", "imageBytes"),
+)
+
+
+def write_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> Status | None:
+    """The ``writeProgress`` of the agent's byte counts during its image write; None: not now.
+
+    Taken only while the write's phase is open (begun by the agent's ``writing`` report, which
+    resets the counts, and not finished): counts arriving late change nothing that has ended.
+    """
+    if state_of(host) != "provisioning" or not _open_phase(host, "writing"):
+        return None
+    progress: dict[str, Any] = {
+        key: int(fields[name]) for name, key in _PROGRESS_FIELDS if fields.get(name, "").isdigit()
+    }
+    if not progress:
+        return None
+    return {"writeProgress": {**progress, "updated": _stamp(now)}}
 
 
 def phoned_home(host: PlunderHost, now: datetime) -> Change:
