@@ -64,10 +64,14 @@ def recovery(phase: Phase) -> str:
 
 
 def disruptions(phase: Phase) -> str:
-    counts = {what: 0 for what in (CONTROLLER, BOOT, APISERVER)}
+    """How many of each kind, in the order of :data:`KINDS` (others after them)."""
+    counts = dict.fromkeys(KINDS, 0)
     for disruption in phase.disruptions:
-        counts[disruption.what] += 1
+        counts[disruption.what] = counts.get(disruption.what, 0) + 1
     return ", ".join(f"{n} {what.split()[0]}" for what, n in counts.items() if n) or "none"
+
+
+KINDS = (CONTROLLER, BOOT, APISERVER)
 
 
 ROWS: list[tuple[str, Callable[[Findings], str]]] = [
@@ -87,10 +91,11 @@ ROWS: list[tuple[str, Callable[[Findings], str]]] = [
 ]
 
 
-def report(results: list[Findings], seed: int) -> None:
+def report(results: list[Findings], seed: int, hosts: str = "simulated hosts") -> None:
+    """The findings side by side; the details of each violation after."""
     version = binaries.pinned_versions()["k8s.io/kubernetes"]
     size = results[0].size
-    print(f"\nchaos over {size} simulated hosts (seed {seed}; kube-apiserver {version})")
+    print(f"\nchaos over {size} {hosts} (seed {seed}; kube-apiserver {version})")
     print(f"{'':30}" + "".join(f"{r.label:>42}" for r in results))
     for title, cell in ROWS:
         print(f"{title:30}" + "".join(f"{cell(r):>42}" for r in results))
@@ -106,6 +111,14 @@ def report(results: list[Findings], seed: int) -> None:
                 print(f"  {found.label} {kind}: {item}")
             if len(items) > SHOWN:
                 print(f"  {found.label} {kind}: … and {len(items) - SHOWN} more")
+
+
+def add_run_options(parser: argparse.ArgumentParser, patience: float) -> None:
+    """The options every chaos benchmark has: its seed, and its patience after the last kill."""
+    parser.add_argument("--seed", type=int, default=None, help="default: drawn and printed")
+    parser.add_argument(
+        "--patience", type=float, default=patience, help="seconds after the last disruption"
+    )
 
 
 def main(arguments: argparse.Namespace) -> int:
@@ -145,10 +158,7 @@ if __name__ == "__main__":
     parser.add_argument("--deletion-kills", type=int, default=5, help="controller, churning")
     parser.add_argument("--deletion-boot-kills", type=int, default=3, help="boot, churning")
     parser.add_argument("--delete-fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=None, help="default: drawn and printed")
-    parser.add_argument(
-        "--patience", type=float, default=300.0, help="seconds after the last disruption"
-    )
+    add_run_options(parser, patience=300.0)
     parser.add_argument(
         "--install-seconds",
         type=float,

@@ -99,6 +99,10 @@ class FakeBootService:
     lookups: int = 0
     revoke: bool = False
     """Refuse the token once at the next work request (as when a wipe voids the old boot's)."""
+    logs: list[str] = field(default_factory=list)
+    """Each upload of the boot's log (POST .../log), in order."""
+    progress: list[dict[str, str]] = field(default_factory=list)
+    """The write's byte counts (POST .../progress), in order."""
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -152,6 +156,15 @@ class FakeBootService:
             if status.reason == "Wiped" and self.lookups == 1:
                 self.revoke = True
             self.statuses.append(status)
+            return web.Response(status=204)
+        if what == "log" and request.method == "POST":
+            self.logs.append(await request.text())
+            return web.Response(status=204)
+        if what == "progress" and request.method == "POST":
+            text = await request.text()
+            self.progress.append(
+                dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+            )
             return web.Response(status=204)
         if what == "cloud-init/meta-data":
             return web.Response(text=META_DATA)
@@ -378,3 +391,14 @@ async def test_agent_inspects_writes_verifies_wipes_and_seeds(tmp_path: Path) ->
     assert TOKEN not in log
     assert "user-data-7c41b2" not in log
     assert "plunder-agent: inspection reported" in log
+
+    # The boot's log: sent after inspection and before each outcome, the console's lines with
+    # the reports' messages, never the token or the user-data; the write's counts are numbers.
+    assert len(service.logs) >= 10, len(service.logs)
+    assert "plunder-agent: inspection reported" in service.logs[0]
+    last = service.logs[-1]
+    assert "status done Provisioned" in last and "names no os.raw.gz" in last, last[-2000:]
+    assert all(TOKEN not in sent and "user-data-7c41b2" not in sent for sent in service.logs)
+    for counts in service.progress:
+        assert set(counts) == {"downloaded", "written", "total"}, counts
+        assert all(value == "" or value.isdigit() for value in counts.values()), counts

@@ -29,7 +29,7 @@ from lightkube.types import PatchType
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.client import sync_client
 from plunder.k8s.resources import as_dict, resource_for
-from plunder.lab import network
+from plunder.lab import network, vms
 from plunder.lab.lab import recorded_network
 from tests.conftest import isolated_lab, plunderctl
 
@@ -53,7 +53,7 @@ class RunningLab:
         return f"qemu:///system?socket={self.folder / 'hv' / 'libvirt' / 'run' / 'libvirt-sock'}"
 
     def serial(self, name: str) -> str:
-        return (self.folder / "vms" / f"{name}.serial.log").read_text(errors="replace")
+        return vms.VMFiles.in_dir(self.folder / "vms", name).serial_log.read_text(errors="replace")
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 120) -> Any:
@@ -384,8 +384,22 @@ def test_an_os_is_installed_phones_home_and_is_wiped_again(lab: RunningLab) -> N
     ]
     assert "Plunder has begun provisioning the Operating System" in messages
     assert any(m.startswith("Host has been successfully provisioned OS in") for m in messages)
-    disk = lab.folder / "vms" / f"{name}.img"
+    disk = vms.VMFiles.in_dir(lab.folder / "vms", name).disk
     assert mbr_signature(disk) == b"\x55\xaa"
+
+    # What the host printed (its agent's log, sent before its "done"), and the write's counts.
+    def agent_log(*options: str) -> str:
+        return plunderctl("logs", host_name, "-n", "default", *options, env=lab.env).stdout
+
+    printed = wait_for(
+        lambda: (text := agent_log()) and "status done Provisioned" in text and text,
+        "the agent's log of the write",
+        timeout=30,
+    )
+    assert "plunder-agent: status writing Writing" in printed, printed[-3000:]
+    assert marker not in printed, "user-data reached the agent's log"
+    progress = hosts_by_mac(lab)[mac]["status"]["writeProgress"]
+    assert progress["imageBytes"] == (images / "debian-12.raw.lzo").stat().st_size, progress
 
     # Release: take the image away; the controller power-cycles the host through its BMC into
     # the agent, which wipes it.
@@ -395,3 +409,6 @@ def test_an_os_is_installed_phones_home_and_is_wiped_again(lab: RunningLab) -> N
     wait_for(lambda: state() == "deprovisioning", "deprovisioning", timeout=30)
     wait_for(lambda: state() == "available", "the wipe", timeout=180)
     assert mbr_signature(disk) != b"\x55\xaa", "the wiped disk would still boot"
+    # The wipe was a boot of its own: its log is the last, the write's the one before.
+    wait_for(lambda: "status done Wiped" in agent_log(), "the wipe's log", timeout=30)
+    assert "status done Provisioned" in agent_log("--previous")

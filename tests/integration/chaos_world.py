@@ -214,71 +214,43 @@ class Findings:
         )
 
 
-class World:
-    """One run's namespace with its hosts, machines, boot service, controller, agent, ledger."""
+class ChaosRun:
+    """What every chaos run does, whoever plays the hosts: disrupt on a plan, time, report.
 
-    def __init__(
-        self,
-        plane: LivePlane,
-        folder: Path,
-        size: int,
-        seed: int,
-        install_seconds: tuple[float, float] = (0.0, 0.0),
-    ) -> None:
-        self.plane = plane
+    A run has a namespace with its hosts and machines, and a ledger watching them. Subclasses
+    say how a disruption is done (:meth:`disrupt`) and may add what a stuck host last heard
+    (:meth:`host_note`): :class:`World` with simulated hosts, the lab's chaos run
+    (tests/e2e/lab_chaos.py) with virtual bare metal.
+    """
+
+    def __init__(self, size: int, namespace: str, ledger: Ledger) -> None:
         self.size = size
-        self.namespace = f"chaos-{uuid.uuid4().hex[:6]}"
-        folder.mkdir(parents=True, exist_ok=True)
-        kubeconfig = plane.plane.kubeconfig
-        # The provisioning throttle lifted, as in the benchmark the figures came from.
-        limit = ("--provisioning-limit", str(size))
-        self.controller = Controller(plane.plane, folder / "controller.log", self.namespace, limit)
-        self.boot = BootProcess(kubeconfig, folder / "boot.log", self.namespace, folder / "boot")
-        self.agent = HttpAgent(kubeconfig, self.namespace, self.boot.url, install_seconds, seed)
-        self.ledger = Ledger(kubeconfig, self.namespace, self.agent.wiped_in)
+        self.namespace = namespace
+        self.ledger = ledger
         self.live = set(machine_names(size))
         self.deleted: set[str] = set()
 
-    def services(self) -> dict[str, Restartable]:
-        return {CONTROLLER: self.controller, BOOT: self.boot}
-
-    def prepare(self) -> None:
-        """Hosts and machines, the boot service, every host's agent parked with its token."""
-        kube = self.plane.client()
-        kube.create(Namespace(metadata=ObjectMeta(name=self.namespace)))
-        populate(kube, self.namespace, self.size)
-        self.ledger.start()
-        self.boot.start()
-        self.agent.start()
-        self.agent.parked.wait()
-        if self.agent.failure is not None:
-            raise self.agent.failure
-
-    def stop(self) -> None:
-        for service in self.services().values():
-            service.stop()
-        self.agent.stop()
-        self.ledger.stop()
+    def client(self) -> Client:
+        """A new admin client (one made before an API server restart may hold dead ones)."""
+        raise NotImplementedError
 
     def disrupt(self, what: str, started: float) -> Disruption:
         """Kill -9 ``what`` and start it again (the API server: restart it) until it answers."""
-        at = time.monotonic() - started
-        provisioned = self.ledger.provisioned()
-        if what == APISERVER:
-            begun = time.monotonic()
-            pid = self.plane.restart_apiserver()
-        else:
-            service = self.services()[what]
-            assert service.process is not None
-            pid = service.process.pid
-            service.kill()
-            begun = time.monotonic()
-            service.start()
-        disruption = Disruption(at, what, pid, time.monotonic() - begun, provisioned)
+        raise NotImplementedError
+
+    def host_note(self, host: PlunderHost) -> str:
+        """What to say of a stuck host beside its state."""
+        return ""
+
+    def noted(
+        self, what: str, started: float, provisioned: int, pid: int, begun: float, action: str
+    ) -> Disruption:
+        """The disruption begun at ``begun`` (``action``: kill -9, restart), printed."""
+        at, back_after = begun - started, time.monotonic() - begun
+        disruption = Disruption(at, what, pid, back_after, provisioned)
         print(
-            f"  {at:7.1f}s  {'restart' if what == APISERVER else 'kill -9'} {what} (pid {pid}) "
-            f"at {provisioned}/{self.size} provisioned; answering again after "
-            f"{disruption.back_after:.1f}s",
+            f"  {at:7.1f}s  {action} {what} (pid {pid}) at {provisioned}/{self.size} "
+            f"provisioned; answering again after {back_after:.1f}s",
             flush=True,
         )
         return disruption
@@ -324,28 +296,6 @@ class World:
         disruptions = self.disrupt_on(plan, started)
         return Phase(disruptions, done())
 
-    def provision(self, plan: Plan, patience: float) -> Phase:
-        """Start the controller (the clock starts), disrupt, wait until all are provisioned."""
-        started = time.monotonic()
-        self.controller.start()
-        return self.phase(plan.provisioning, started, patience)
-
-    def churn(self, plan: Plan, patience: float) -> Phase:
-        """Delete the plan's machines and add as many (they take the wiped hosts), disrupting."""
-        kube = self.plane.client()
-        started = time.monotonic()
-        fresh = machine_names(len(plan.delete), "n")
-        with ThreadPoolExecutor(16) as pool:
-            list(
-                pool.map(
-                    lambda name: kube.delete(MACHINES, name, namespace=self.namespace), plan.delete
-                )
-            )
-            list(pool.map(lambda name: create_machine(kube, self.namespace, name), fresh))
-        self.live = (self.live - set(plan.delete)) | set(fresh)
-        self.deleted = set(plan.delete)
-        return self.phase(plan.deletion, started, patience)
-
     def findings(self, label: str, provisioning: Phase, deletion: Phase) -> Findings:
         """The ledger's record, and the state the API holds now."""
         self.ledger.cross_check()
@@ -362,7 +312,7 @@ class World:
 
     def shared_now(self) -> set[str]:
         """Hosts that two machines name now, or whose claim is not the machine's naming them."""
-        kube = self.plane.client()
+        kube = self.client()
         hosts = {h.metadata.name: h for h in map(_host, kube.list(HOSTS, namespace=self.namespace))}
         named: dict[str, list[str]] = defaultdict(list)
         shared = set()
@@ -379,20 +329,107 @@ class World:
 
     def stuck(self) -> list[str]:
         """Hosts not at rest (with what their agent last heard), machines not done."""
-        kube = self.plane.client()
+        kube = self.client()
         found = []
         for host in map(_host, kube.list(HOSTS, namespace=self.namespace)):
             state = hoststate.state_of(host)
             claimed = host.spec.consumer_ref is not None
             if (state, claimed) not in (("provisioned", True), ("available", False)):
-                agent = self.agent.agents.get(host.spec.boot_mac_address)
-                heard = agent.refusal if agent else ""
-                found.append(f"host {host.metadata.name} {state} ({heard})")
+                found.append(f"host {host.metadata.name} {state} ({self.host_note(host)})")
         for body in map(as_dict, kube.list(MACHINES, namespace=self.namespace)):
             name, status = body["metadata"]["name"], (body.get("status") or {}).get("state")
             if name in self.deleted or status != "Provisioned":
                 found.append(f"machine {name} {status}")
         return found
+
+
+class World(ChaosRun):
+    """One run's namespace with its hosts, machines, boot service, controller, agent, ledger."""
+
+    def __init__(
+        self,
+        plane: LivePlane,
+        folder: Path,
+        size: int,
+        seed: int,
+        install_seconds: tuple[float, float] = (0.0, 0.0),
+    ) -> None:
+        self.plane = plane
+        namespace = f"chaos-{uuid.uuid4().hex[:6]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        kubeconfig = plane.plane.kubeconfig
+        # The provisioning throttle lifted, as in the benchmark the figures came from.
+        limit = ("--provisioning-limit", str(size))
+        self.controller = Controller(plane.plane, folder / "controller.log", namespace, limit)
+        self.boot = BootProcess(kubeconfig, folder / "boot.log", namespace, folder / "boot")
+        self.agent = HttpAgent(kubeconfig, namespace, self.boot.url, install_seconds, seed)
+        super().__init__(size, namespace, Ledger(kubeconfig, namespace, self.agent.wiped_in))
+
+    def client(self) -> Client:
+        return self.plane.client()
+
+    def services(self) -> dict[str, Restartable]:
+        return {CONTROLLER: self.controller, BOOT: self.boot}
+
+    def prepare(self) -> None:
+        """Hosts and machines, the boot service, every host's agent parked with its token."""
+        kube = self.client()
+        kube.create(Namespace(metadata=ObjectMeta(name=self.namespace)))
+        populate(kube, self.namespace, self.size)
+        self.ledger.start()
+        self.boot.start()
+        self.agent.start()
+        self.agent.parked.wait()
+        if self.agent.failure is not None:
+            raise self.agent.failure
+
+    def stop(self) -> None:
+        for service in self.services().values():
+            service.stop()
+        self.agent.stop()
+        self.ledger.stop()
+
+    def disrupt(self, what: str, started: float) -> Disruption:
+        provisioned = self.ledger.provisioned()
+        if what == APISERVER:
+            begun = time.monotonic()
+            pid = self.plane.restart_apiserver()
+        else:
+            service = self.services()[what]
+            assert service.process is not None
+            pid = service.process.pid
+            begun = time.monotonic()
+            service.kill()
+            service.start()
+        return self.noted(
+            what, started, provisioned, pid, begun, "restart" if what == APISERVER else "kill -9"
+        )
+
+    def host_note(self, host: PlunderHost) -> str:
+        agent = self.agent.agents.get(host.spec.boot_mac_address)
+        return agent.refusal if agent else ""
+
+    def provision(self, plan: Plan, patience: float) -> Phase:
+        """Start the controller (the clock starts), disrupt, wait until all are provisioned."""
+        started = time.monotonic()
+        self.controller.start()
+        return self.phase(plan.provisioning, started, patience)
+
+    def churn(self, plan: Plan, patience: float) -> Phase:
+        """Delete the plan's machines and add as many (they take the wiped hosts), disrupting."""
+        kube = self.client()
+        started = time.monotonic()
+        fresh = machine_names(len(plan.delete), "n")
+        with ThreadPoolExecutor(16) as pool:
+            list(
+                pool.map(
+                    lambda name: kube.delete(MACHINES, name, namespace=self.namespace), plan.delete
+                )
+            )
+            list(pool.map(lambda name: create_machine(kube, self.namespace, name), fresh))
+        self.live = (self.live - set(plan.delete)) | set(fresh)
+        self.deleted = set(plan.delete)
+        return self.phase(plan.deletion, started, patience)
 
 
 def _host(obj: Any) -> PlunderHost:

@@ -29,6 +29,8 @@ from tests.integration.test_machine_world import HOSTS
 POLL_SECONDS = 1.0
 """How soon a simulated agent asks again after an answer that was not a yes."""
 HTTP_CONCURRENCY = 32
+IMAGE_BYTES = 681574400
+"""The size the simulated image's server announces (the lab's node image, lzop'd)."""
 """Agent calls in flight at once (the hosts of a rack booting together, not a thousand)."""
 
 
@@ -51,6 +53,8 @@ class HostAgent:
     """The phone-home URL of the seed (vendor-data), for the installed OS."""
     refusal: str = ""
     """The last answer that was not a yes (shown for a host left behind)."""
+    log: list[str] = field(default_factory=list)
+    """What this boot printed (agent.sh's log), sent to the boot service as agent.sh sends it."""
     busy: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -61,12 +65,13 @@ class HttpAgent(threading.Thread):
     A watch of the hosts stands for the agents' polls (1,000 parked hosts need not poll to learn
     that one has work); every move goes through the boot service's agent API as agent.sh and
     cloud-init make it: the lookup of a boot's token, work, the write's status, the seed, the
-    phone home, the wipe. A step that is not answered with a yes (the service was killed, the API
-    server restarts, the service's cache is behind) is tried again a moment later, and the host
-    never gives up: a host left behind is the system's doing, not the agent's. Entering
-    ``deprovisioning`` is a new boot (the BMC power-cycles the host into the agent): its token is
-    looked up again. Every host looks up its token first, parked while available, as after
-    inspection.
+    phone home, the wipe; the boot's log (after the lookup, before an outcome) and the write's
+    byte counts, as agent.sh sends them. A step that is not answered with a yes (the service was
+    killed, the API server restarts, the service's cache is behind) is tried again a moment later,
+    and the host never gives up: a host left behind is the system's doing, not the agent's.
+    Entering ``deprovisioning`` is a new boot (the BMC power-cycles the host into the agent): its
+    token is looked up again. Every host looks up its token first, parked while available, as
+    after inspection.
     """
 
     def __init__(
@@ -201,12 +206,15 @@ class HttpAgent(threading.Thread):
         cycle = trust.controller_cycle(host)
         if cycle and cycle != agent.boot:  # power-cycled into the agent for a wipe
             agent.boot, agent.token, agent.nonce = cycle, None, secrets.token_hex(16)
+            agent.log = []  # a new boot, a new log (agent.sh keeps it in memory)
         if agent.token is None:
             form = {"mac": host.spec.boot_mac_address, "nonce": agent.nonce}
             status, text = await self._call(agent, "POST", host, "lookup", data=form)
             if status != 200:
                 return None
             agent.token = text.removeprefix("token=").strip()
+            agent.log.append("plunder-agent: lookup answered: this boot's token received")
+            await self._send_log(host, agent, agent.token)
         return agent.token
 
     async def _work(self, host: PlunderHost, agent: HostAgent, action: str) -> str | None:
@@ -219,7 +227,9 @@ class HttpAgent(threading.Thread):
 
     async def _begin_write(self, host: PlunderHost, agent: HostAgent) -> None:
         if (token := await self._work(host, agent, "provision")) is not None:
-            await self._report(host, agent, token, "writing", "Writing", "streaming the image")
+            await self._report(
+                host, agent, token, "writing", "Writing", "streaming the image", image=IMAGE_BYTES
+            )
 
     async def _end_write(self, host: PlunderHost, agent: HostAgent) -> None:
         """Fetch the seed (its vendor-data names the phone home), write, say done."""
@@ -231,6 +241,13 @@ class HttpAgent(threading.Thread):
             return
         if agent.phone_home is None:  # the first try of this write: the image streams now
             await asyncio.sleep(self.random.uniform(*self.install_seconds))
+            counts = f"downloaded={IMAGE_BYTES // 2}\nwritten={IMAGE_BYTES}\ntotal={IMAGE_BYTES}\n"
+            for _ in range(3):  # agent.sh's next report would carry them: the same, sooner
+                status, _ = await self._call(agent, "POST", host, "progress", token, counts)
+                if status != 409:
+                    break
+                await asyncio.sleep(0.2)  # the service's cache a moment behind its own write
+            agent.log.append(f"plunder-agent: writing: {IMAGE_BYTES // 2 >> 20} MiB downloaded")
         agent.phone_home = yaml.safe_load(text)["phone_home"]["url"]
         await self._report(host, agent, token, "done", "Provisioned", "image written", "1")
 
@@ -256,9 +273,20 @@ class HttpAgent(threading.Thread):
         reason: str,
         message: str,
         written: str = "0",
+        image: int | None = None,
     ) -> None:
         body = f"phase={phase}\nreason={reason}\nmessage={message}\nbytes={written}\n"
+        if image is not None:
+            body += f"image_bytes={image}\n"
+        agent.log.append(f"plunder-agent: status {phase} {reason}")
+        if phase in ("done", "failed"):  # agent.sh sends its log before an outcome
+            await self._send_log(host, agent, token)
         await self._call(agent, "POST", host, "status", token, body)
+
+    async def _send_log(self, host: PlunderHost, agent: HostAgent, token: str) -> None:
+        """The boot's log so far (best effort, as agent.sh sends it)."""
+        text = "".join(f"[{n}.00] {line}\n" for n, line in enumerate(agent.log))
+        await self._call(agent, "POST", host, "log", token, text)
 
     async def _call(
         self,

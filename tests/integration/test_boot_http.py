@@ -189,6 +189,18 @@ async def test_metrics_count_what_happened(boot: BootService) -> None:
     assert "plunder_boot_cached_hosts 1.0" in text
 
 
+@pytest.mark.parametrize("mac", ["01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff", "00:00:00:00:00:00"])
+async def test_a_mac_no_nic_can_have_is_refused_and_nothing_is_written(
+    boot: BootService, mac: str
+) -> None:
+    status, text = await get(boot, f"/boot.ipxe?mac={mac}")
+    assert status == 400 and "unicast MAC address of the host's boot NIC" in text
+    _, metrics = await get(boot, "/metrics")
+    assert 'plunder_boot_rejected_total{reason="not-a-nic"} 1.0' in metrics
+    assert "plunder_boot_discovered_total 0.0" in metrics
+    assert "plunder_boot_cached_hosts 0.0" in metrics
+
+
 async def test_a_mac_claimed_from_another_hosts_lease_is_refused(
     boot: BootService, tmp_path: Path
 ) -> None:

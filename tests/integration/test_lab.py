@@ -72,6 +72,26 @@ def test_lab_up_status_down(tmp_path: Path) -> None:
         assert status.returncode == 0
         # etcd, kube-apiserver, the controller, Cluster API's three managers and the IPAM provider.
         assert status.stdout.count("running") == 7
+
+        # A part killed and started again with its arguments, as its Deployment would; the API
+        # server restarted with etcd kept, every object still there.
+        for component, *kill in (("controller", "--kill"), ("kube-apiserver",)):
+            before = int((lab_dir / f"{component}.pid").read_text())
+            restart = plunderctl("lab", "restart", component, *kill, "--dir", str(lab_dir))
+            assert restart.returncode == 0, restart.stdout + restart.stderr
+            after = int((lab_dir / f"{component}.pid").read_text())
+            assert after != before and not processes.is_running(before)
+            assert f"pid {before} stopped, pid {after} answering after" in restart.stdout
+        waited = subprocess.run(
+            [str(kubectl), "get", "plundercluster/cluster-plunder", "-o", "name"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert waited.returncode == 0, waited.stderr
+        no_boot = plunderctl("lab", "restart", "boot", "--dir", str(lab_dir))
+        assert no_boot.returncode == 1 and "boot: no running process" in no_boot.stderr
         pids = [
             int((lab_dir / f"{name}.pid").read_text())
             for name in ("etcd", "kube-apiserver", "controller")

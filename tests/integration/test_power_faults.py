@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Secret
+from lightkube.resources.core_v1 import Event, Secret
 from lightkube.types import PatchType
 
 from plunder.api.inventory import PlunderHost
@@ -34,6 +34,7 @@ from plunder.lab import processes
 from plunder.lab.pki import create_plane_pki
 from plunder.operator import power
 from plunder.reconcile import hoststate
+from tests.conftest import eventually
 from tests.integration.test_controller import (
     controller,  # noqa: F401 - a fixture
     controller_argv,
@@ -197,13 +198,14 @@ def fake_redfish(tmp_path: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def controller_process(plane: Any, tmp_path: Path, name: str) -> Iterator[subprocess.Popen[str]]:
+def controller_process(
+    plane: Any, tmp_path: Path, name: str, *options: str
+) -> Iterator[subprocess.Popen[str]]:
     port = processes.free_port()
     log_path = tmp_path / f"{name}.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen(
-            controller_argv(plane.kubeconfig, port), stdout=log, stderr=subprocess.STDOUT, text=True
-        )
+        argv = [*controller_argv(plane.kubeconfig, port), *options]
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True)
         managed = processes.Managed(name, process.pid, log_path)
         processes.wait_until(processes.http_ok(f"http://127.0.0.1:{port}/healthz"), name, managed)
         try:
@@ -213,10 +215,14 @@ def controller_process(plane: Any, tmp_path: Path, name: str) -> Iterator[subpro
             process.wait()
 
 
-def test_a_controller_killed_between_the_move_and_the_power_action_still_power_cycles(
-    plane: Any, kube: Client, namespace: str, fake_redfish: str, tmp_path: Path
-) -> None:
-    """Deprovisioning's power cycle follows from the state: the move alone is enough."""
+def deprovisioning_host_with_a_bmc(
+    kube: Client, namespace: str, fake_redfish: str
+) -> Callable[[], PlunderHost]:
+    """A provisioned host with a BMC whose machine was deleted, moved to deprovisioning.
+
+    The move is written here as the controller writes it (so nothing else was): the power cycle
+    that follows is the controller's to do. Returns a reader of the host.
+    """
     kube.create(
         Secret(
             metadata=ObjectMeta(name="bmc-credentials", namespace=namespace),
@@ -241,12 +247,23 @@ def test_a_controller_killed_between_the_move_and_the_power_action_still_power_c
             patch_type=PatchType.MERGE,
         )
 
-    # A provisioned host whose machine was deleted: the work is off it, and the controller's
-    # move to deprovisioning was written just before it was killed (so nothing else was).
     write({"state": "provisioned", "firstSeen": "2026-11-25T12:00:00Z"})
     change = hoststate.controller_decision(host(), datetime.now(UTC))
     assert change.status is not None and change.status["state"] == "deprovisioning"
     write(change.status)
+    return host
+
+
+def power_mark(host: PlunderHost) -> str:
+    """The last power wish the power loop recorded as done on the host."""
+    return (host.metadata.annotations or {}).get(power.DONE_ANNOTATION, "")
+
+
+def test_a_controller_killed_between_the_move_and_the_power_action_still_power_cycles(
+    plane: Any, kube: Client, namespace: str, fake_redfish: str, tmp_path: Path
+) -> None:
+    """Deprovisioning's power cycle follows from the state: the move alone is enough."""
+    host = deprovisioning_host_with_a_bmc(kube, namespace, fake_redfish)
 
     def system() -> dict[str, Any]:
         with urllib.request.urlopen(fake_redfish, timeout=5) as answer:
@@ -266,10 +283,47 @@ def test_a_controller_killed_between_the_move_and_the_power_action_still_power_c
         assert powered_off, "the host was never power-cycled for its wipe"
         assert system()["Boot"]["BootSourceOverrideTarget"] == "Pxe"
 
-        def marked() -> str:
-            return (host().metadata.annotations or {}).get(power.DONE_ANNOTATION, "")
-
         deadline = time.monotonic() + 20
-        while not marked() and time.monotonic() < deadline:
+        while not power_mark(host()) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert marked().startswith("pxe-reboot deprovisioning@")
+        assert power_mark(host()).startswith("pxe-reboot deprovisioning@")
+
+
+def test_a_wipe_never_reported_is_power_cycled_again_and_the_host_never_returns_unwiped(
+    plane: Any, kube: Client, namespace: str, fake_redfish: str, tmp_path: Path
+) -> None:
+    """Past ``--deprovisioning-timeout`` with no wipe, the host is power-cycled again, warned.
+
+    Nothing answers as the agent (its power cycle was lost, say): the host must neither wait
+    for good nor go back to the pool.
+    """
+    host = deprovisioning_host_with_a_bmc(kube, namespace, fake_redfish)
+    states: list[str] = []
+    marks: set[str] = set()
+
+    def cycled(times: int) -> Callable[[], bool]:
+        def check() -> bool:
+            now = host()
+            states.append(hoststate.state_of(now))
+            marks.add(power_mark(now))
+            return len(marks - {""}) >= times
+
+        return check
+
+    with controller_process(plane, tmp_path, "controller", "--deprovisioning-timeout", "3"):
+        eventually(cycled(1), "the first power cycle for the wipe", timeout=30)
+        # the deadline is checked every 15 s at most
+        eventually(cycled(2), "a second power cycle after the wipe's deadline", timeout=60)
+
+        def warned() -> bool:
+            events = kube.list(Event, namespace=namespace)
+            return any(
+                e.reason == "DeprovisioningRetried"
+                and e.type == "Warning"
+                and "power-cycling it into the agent again" in (e.message or "")
+                for e in events
+            )
+
+        eventually(warned, "a DeprovisioningRetried warning")
+    assert all(mark.startswith("pxe-reboot deprovisioning@") for mark in marks - {""}), marks
+    assert set(states) == {"deprovisioning"}, states

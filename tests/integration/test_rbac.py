@@ -8,6 +8,7 @@ kubeconfig Secret), does its work, and is refused what it has no business with.
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -16,9 +17,12 @@ import httpx2 as httpx
 import pytest
 import yaml
 from lightkube import Client
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.core_v1 import ConfigMap
 
 from plunder.api.infrastructure import PlunderCluster
 from plunder.api.inventory import PlunderHost
+from plunder.boot import agentlog
 from plunder.boot.service import BootService
 from plunder.boot.settings import BootSettings, DhcpSettings
 from plunder.cli import release
@@ -228,19 +232,36 @@ def boot_as_service_account(
 async def test_the_boot_service_discovers_a_host_as_its_service_account(
     boot_as_service_account: BootService, kube: Client
 ) -> None:
-    """Outside the cluster, with only its kubeconfig: key Secret, discovery, host status."""
+    """Outside the cluster, with only its kubeconfig: key Secret, discovery, status, agent log.
+
+    The agent's lookup and its log (a ConfigMap, in the namespace the service serves) too.
+    """
     mac = "02:00:00:7b:ac:01"
-    async with running(boot_as_service_account) as boot:
-        async with httpx.AsyncClient() as client:
-            answer = await client.get(f"{boot.settings.http_base}/boot.ipxe", params={"mac": mac})
-        assert answer.status_code == 200, answer.text
     name = "host-" + mac.replace(":", "-")
     try:
-        host = kube.get(resource_for(PlunderHost), name, namespace=SYSTEM)
-        assert nested(host, "spec", "bootMACAddress") == mac
-        assert nested(host, "status", "state") == "discovered"
+        async with running(boot_as_service_account) as boot:
+            base = f"{boot.settings.http_base}"
+            async with httpx.AsyncClient() as client:
+                answer = await client.get(f"{base}/boot.ipxe", params={"mac": mac})
+                assert answer.status_code == 200, answer.text
+                host = kube.get(resource_for(PlunderHost), name, namespace=SYSTEM)
+                assert nested(host, "spec", "bootMACAddress") == mac
+                assert nested(host, "status", "state") == "discovered"
+                looked_up = await client.post(f"{base}/agent/v1/{mac}/lookup")
+                assert looked_up.status_code == 200, looked_up.text
+                token = looked_up.text.removeprefix("token=").strip()
+                sent = await client.post(
+                    f"{base}/agent/v1/{mac}/log",
+                    content=b"[1.0] plunder-agent: starting\n",
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert sent.status_code == 204, sent.text
+        kept = kube.get(ConfigMap, agentlog.configmap_name(name), namespace=SYSTEM)
+        assert "plunder-agent: starting" in (kept.data or {})["log"]
     finally:
         kube.delete(resource_for(PlunderHost), name, namespace=SYSTEM)
+        with contextlib.suppress(ApiError):
+            kube.delete(ConfigMap, agentlog.configmap_name(name), namespace=SYSTEM)
 
 
 def test_the_boot_service_deployment_is_accepted(components: None, kubectl: list[str]) -> None:

@@ -244,3 +244,52 @@ def test_a_lookup_asked_again_carries_the_same_nonce_of_its_boot(tmp_path: Path)
     ).splitlines()
     assert len(posted) == 2 and posted[0] == posted[1], posted
     assert re.fullmatch(r"mac=00:50:56:a5:11:20&nonce=[0-9a-f]{32}", posted[0]), posted
+
+
+def test_the_boots_log_keeps_what_the_console_shows_and_is_sent_bounded(tmp_path: Path) -> None:
+    """log() writes the console and the boot's log; send_log posts its newest 64 KiB."""
+    out = _agent_sh(
+        "RUN=$1 MAC=00:50:56:a5:11:20 SERVER=http://192.0.2.1:8080 TOKEN=t0k3n LOG_BYTES=4096\n"
+        'timeout() { shift; "$@"; }\n'
+        "wget() { while [ $# -gt 1 ]; do\n"
+        '  [ "$1" = --post-file ] && cp "$2" "$RUN/sent"; shift; done; echo "$1" >"$RUN/url"; }\n'
+        'send_log; [ -e "$RUN/sent" ] && echo "sent without a log"\n'
+        'log "inspection reported"; note "  a message"\n'
+        'i=0; while [ $i -lt 2000 ]; do note "filler line $i"; i=$((i + 1)); done\n'
+        'log "status done Wiped"; send_log; cat "$RUN/url"; wc -c <"$RUN/sent"',
+        str(tmp_path),
+    )
+    lines = out.splitlines()
+    assert lines[0] == "plunder-agent: inspection reported"
+    assert lines[1] == "plunder-agent: status done Wiped"
+    assert lines[2] == "http://192.0.2.1:8080/agent/v1/00:50:56:a5:11:20/log"
+    assert int(lines[3]) == 4096, "the newest LOG_BYTES are sent"
+    sent = (tmp_path / "sent").read_text()
+    assert sent.endswith("] status done Wiped\n") and "t0k3n" not in sent
+    kept = (tmp_path / "agent.log").read_text()
+    assert len(kept) <= 4 * 4096 + 200, "the boot's own log is trimmed too"
+    assert re.fullmatch(r"\[[0-9.]+\] filler line 1999", kept.splitlines()[-2])
+
+
+def test_the_write_reports_its_byte_counts_while_the_image_streams(tmp_path: Path) -> None:
+    """progress_monitor reads the checksum process's reads and the disk's sectors written."""
+    disk = next(path.name for path in Path("/sys/class/block").iterdir())
+    out = _agent_sh(
+        f"RUN=$1 MAC=00:50:56:a5:11:20 SERVER=http://192.0.2.1:8080 TOKEN=t ROOT=/dev/{disk}\n"
+        "PROGRESS_SECONDS=1 IMAGE_BYTES=681574400\n"
+        'timeout() { shift; "$@"; }\n'
+        "wget() { while [ $# -gt 1 ]; do\n"
+        '  [ "$1" = --post-file ] && cat "$2" >>"$RUN/posted"; shift; done\n'
+        '  echo "$1" >>"$RUN/urls"; }\n'
+        'sleep 4 & reader=$!; progress_monitor "$reader"; sort -u "$RUN/urls"',
+        str(tmp_path),
+    )
+    lines = out.splitlines()
+    assert any(
+        re.fullmatch(r"plunder-agent: writing: \d+ of 650 MiB downloaded, \d+ MiB written", line)
+        for line in lines
+    ), out
+    assert lines[-1] == "http://192.0.2.1:8080/agent/v1/00:50:56:a5:11:20/progress"
+    posted = (tmp_path / "posted").read_text().splitlines()
+    assert len(posted) >= 3 and posted[:3][2] == "total=681574400", posted
+    assert re.fullmatch(r"downloaded=\d+", posted[0]) and re.fullmatch(r"written=\d+", posted[1])

@@ -20,8 +20,8 @@ SETTINGS = BootSettings(address=IPv4Address("172.31.99.1"), run_dir=Path("/run/p
         (0, False, "undionly.kpxe"),  # legacy BIOS PXE ROM
         (7, False, "ipxe.efi"),  # x86-64 UEFI
         (9, False, "ipxe.efi"),  # x86-64 UEFI (EBC number some firmwares send)
-        (0, True, "http://172.31.99.1:8080/chain.ipxe"),  # already iPXE: no TFTP loop
-        (7, True, "http://172.31.99.1:8080/chain.ipxe"),
+        (0, True, "chain.ipxe"),  # already iPXE: a script (TFTP), not the binary again
+        (7, True, "chain.ipxe"),
         (11, False, None),  # ARM64 UEFI: not served
         (None, False, None),  # no client-arch: not a PXE client
     ],
@@ -34,10 +34,11 @@ def test_full_mode_leases_addresses_and_stops_ipxe_waiting_for_proxydhcp() -> No
     conf = render_dnsmasq_conf(SETTINGS, "/run/leases", "/run/tftp").splitlines()
     assert "dhcp-range=172.31.99.100,172.31.99.199,255.255.255.0,1h" in conf
     assert "dhcp-option=tag:ipxe,encap:175,176,1b" in conf
-    assert "dhcp-boot=tag:ipxe,http://172.31.99.1:8080/chain.ipxe,,172.31.99.1" in conf
+    assert "dhcp-boot=tag:ipxe,chain.ipxe,,172.31.99.1" in conf
     assert "dhcp-boot=tag:!ipxe,tag:bios,undionly.kpxe" in conf
     assert "dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi" in conf
     assert {"dhcp-match=set:efi64,option:client-arch,7", "no-ping", "port=0"} <= set(conf)
+    assert {"user=root", "group=root"} <= set(conf)  # no credential change: it dies with us
     assert "dhcp-range=::,constructor:br0,ra-only" in conf
     assert not any("proxy" in line for line in conf)
 
@@ -53,7 +54,7 @@ def test_proxy_mode_leases_nothing_and_offers_pxe_services() -> None:
     assert not any(line.startswith("dhcp-authoritative") for line in conf)
     assert "dhcp-option=tag:ipxe,encap:175,176,1b" not in conf
     # iPXE takes a ProxyDHCP answer only with a next-server beside the file
-    assert "dhcp-boot=tag:ipxe,http://172.31.99.1:8080/chain.ipxe,,172.31.99.1" in conf
+    assert "dhcp-boot=tag:ipxe,chain.ipxe,,172.31.99.1" in conf
 
 
 def test_lease_table_follows_the_file(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from plunder.api.inventory import HardwareDetails, PlunderHost
+from plunder.boot import trust
 from plunder.reconcile import hoststate
 
 MAC = "00:50:56:a5:11:20"
@@ -87,6 +88,49 @@ def test_a_failure_is_an_error_with_its_reason_and_a_spec_change_retries() -> No
     retry = hoststate.controller_transition(fixed, NOW)
     assert retry.status is not None and retry.status["state"] == "provisioning"
     assert retry.status["errorReason"] is None
+
+
+STREAMING = [
+    {"name": "provisioning", "started": "2026-11-25T11:59:00Z"},
+    {"name": "writing", "started": "2026-11-25T11:59:10Z"},
+]
+
+
+def test_a_boot_service_gone_mid_download_keeps_provisioning_and_the_agent_tries_again() -> None:
+    """The lab's chaos run kills the boot service, also while an image streams."""
+    streaming = with_status(host("provisioning", image=IMAGE, accepted=True), phases=STREAMING)
+    cut_off = {
+        "phase": "failed",
+        "reason": "ImageDownloadFailed",
+        "message": "connection closed prematurely",
+    }
+    change = hoststate.agent_progress(streaming, cut_off, NOW)
+    status = change.status or {}
+    assert "state" not in status and "errorReason" not in status
+    assert [phase["name"] for phase in status["phases"]] == ["provisioning"]
+    (condition,) = [c for c in status["conditions"] if c["type"] == "Provisioned"]
+    assert (condition["status"], condition["reason"]) == ("False", "ImageDownloadFailed")
+    assert "tries again" in condition["message"]
+    assert change.event is not None and change.event[:1] == ("ImageDownloadFailed",)
+    assert change.event[2] == "Warning"
+    # The next poll: the same work again, with the cloud-init data still served to it.
+    retrying = with_status(streaming, phases=status["phases"], conditions=status["conditions"])
+    assert hoststate.agent_work(retrying)["action"] == "provision"
+    assert trust.serves_seed(retrying) and not trust.takes_phone_home(retrying)
+
+
+def test_a_server_that_says_no_fails_the_host_at_once() -> None:
+    streaming = with_status(host("provisioning", image=IMAGE), phases=STREAMING)
+    for reason, message in (
+        ("ImageDownloadFailed", "server returned error: HTTP/1.1 404 Not Found"),
+        ("CloudInitUnavailable", "server returned error: HTTP/1.1 403 Forbidden"),
+        ("DiskTooSmall", "image is 9 bytes, /dev/vda holds 8"),
+    ):
+        change = hoststate.agent_progress(
+            streaming, {"phase": "failed", "reason": reason, "message": message}, NOW
+        )
+        assert change.status is not None
+        assert (change.status["state"], change.status["errorReason"]) == ("error", reason)
 
 
 def test_phoning_home_finishes_provisioning_and_says_how_long_it_took() -> None:

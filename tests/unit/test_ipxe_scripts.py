@@ -76,6 +76,17 @@ def test_chain_script_reports_the_hosts_facts() -> None:
         assert fact in script
 
 
+def test_chain_script_waits_for_a_restarting_boot_service_then_gives_up() -> None:
+    """A boot service that restarts (killed in the lab's chaos run) must not send hosts to disk."""
+    lines = chain_script(BASE).splitlines()
+    asks = [line for line in lines if line.startswith(f"chain --replace --autofree {BASE}/")]
+    assert len(asks) == 20
+    assert all(
+        line.endswith("asking again ||") and "prompt --timeout 3000" in line for line in asks
+    )
+    assert lines[0] == "#!ipxe" and lines[-1] == "exit"
+
+
 def test_with_the_agent_present_hosts_park_in_the_agent_not_in_ipxe() -> None:
     assert "kernel " in script_for(None, agent=True)  # a new host is inspected at once
     assert "kernel " in script_for(host("available"), agent=True)

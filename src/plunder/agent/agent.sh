@@ -15,6 +15,10 @@
 # (plunder.token=<t> on the command line, for a boot made by hand, is used instead of a lookup.)
 # Every other request carries "Authorization: Bearer <token>". The token and the cloud-init data
 # never reach the console: console lines are built from fixed words, phases and numbers.
+# What the console shows is also kept in $RUN/agent.log (with the reports' messages) and sent to
+# the boot service (POST .../log, its newest 64 KiB) after inspection, before a "done", with a
+# failure and every half minute of an image write, which also reports its byte counts every
+# few seconds (POST .../progress). Neither is needed: a boot service without them answers 404.
 # Boot it with "quiet" (or loglevel=4 or lower): the kernel itself prints its command line at
 # notice level.
 #
@@ -33,9 +37,33 @@ MAC=
 TOKEN=
 CMDLINE_TOKEN=
 IFACE=
+IMAGE_BYTES=
+PROGRESS_SECONDS=5
+LOG_BYTES=65536
 
 log() {
 	echo "plunder-agent: $*"
+	note "$*"
+}
+
+# note TEXT: into the boot's log only (sent to the boot service), with the seconds since boot.
+note() {
+	read -r note_uptime _ 2>/dev/null </proc/uptime
+	printf '[%s] %s\n' "${note_uptime:-?}" "$*" 2>/dev/null >>"$RUN/agent.log"
+}
+
+# send_log: the boot's log so far (its newest LOG_BYTES) to the boot service, which keeps it for
+# a person (plunderctl logs). Best effort, quietly, with files of its own: it may run beside a
+# call of the main loop's (the progress of an image write).
+send_log() {
+	[ -n "$TOKEN" ] && [ -s "$RUN/agent.log" ] || return 0
+	if [ "$(wc -c <"$RUN/agent.log")" -gt $((4 * LOG_BYTES)) ]; then
+		tail -c "$LOG_BYTES" "$RUN/agent.log" >"$RUN/agent.log.new" && mv "$RUN/agent.log.new" "$RUN/agent.log"
+	fi
+	tail -c "$LOG_BYTES" "$RUN/agent.log" >"$RUN/log.upload"
+	timeout 30 wget -q -O /dev/null --header "Authorization: Bearer $TOKEN" \
+		--header "Content-Type: text/plain" --post-file "$RUN/log.upload" \
+		"$SERVER/agent/v1/$MAC/log" 2>/dev/null
 }
 
 # --- the machine -------------------------------------------------------------------------
@@ -206,15 +234,18 @@ http_error() {
 	head -n 1 "$RUN/wget.err" 2>/dev/null | tr -d '\r' | sed 's/^wget: //'
 }
 
-# report PHASE REASON MESSAGE [BYTES]: POST the status as key=value lines.
+# report PHASE REASON MESSAGE [BYTES] [DISK_BPS] [IMAGE_BYTES]: POST the status as key=value
+# lines. An outcome (done, failed) sends the boot's log first: after a "done" the host reboots,
+# and the boot service takes no log once the write has ended.
 report() {
 	message=$(printf '%s' "$3" | tr '\r\n' '  ' | cut -c1-200)
-	printf 'phase=%s\nreason=%s\nmessage=%s\nbytes=%s\ndisk_bps=%s\n' "$1" "$2" "$message" \
-		"${4:-0}" "${5:-}" >"$RUN/status.txt"
+	printf 'phase=%s\nreason=%s\nmessage=%s\nbytes=%s\ndisk_bps=%s\nimage_bytes=%s\n' "$1" "$2" \
+		"$message" "${4:-0}" "${5:-}" "${6:-}" >"$RUN/status.txt"
 	log "status $1 $2${4:+ bytes=$4}"
+	note "  $message"
 	# An outcome must arrive (the host reboots after "done"); progress may be missed.
 	attempts=1
-	case $1 in done | failed) attempts=5 ;; esac
+	case $1 in done | failed) attempts=5 && send_log ;; esac
 	while ! api_post status text/plain "$RUN/status.txt"; do
 		log "status report failed: $(http_error)"
 		attempts=$((attempts - 1))
@@ -439,6 +470,8 @@ stream_image() {
 	mkfifo "$fifo"
 	"${SUM_TYPE}sum" <"$fifo" >"$RUN/sum.out" &
 	sum_pid=$!
+	progress_monitor "$sum_pid" &
+	monitor_pid=$!
 	case $FORMAT in
 	raw-gzip) decompress="gunzip -c" ;;
 	raw-xz) decompress="unxz -c" ;;
@@ -454,7 +487,38 @@ stream_image() {
 	} | dd of="$ROOT" bs=1M iflag=fullblock oflag=direct conv=notrunc 2>"$RUN/dd.err"
 	echo $? >"$RUN/dd.rc"
 	wait "$sum_pid"
+	kill "$monitor_pid" 2>/dev/null
+	wait "$monitor_pid" 2>/dev/null
 	rm -f "$fifo"
+}
+
+# mib BYTES: whole MiB.
+mib() {
+	echo $((${1:-0} / 1048576))
+}
+
+# progress_monitor SUM_PID: while the image streams, every PROGRESS_SECONDS, its byte counts:
+# downloaded (what the checksum process has read: every byte of the download passes it),
+# written (the disk's own count of sectors written since the write began) and the total the
+# server announced (IMAGE_BYTES). Runs in the background; its calls use files of their own.
+progress_monitor() {
+	stat_file=/sys/class/block/${ROOT##*/}/stat
+	base=$(awk '{ print $7 }' "$stat_file" 2>/dev/null)
+	ticks=0
+	while sleep "$PROGRESS_SECONDS"; do
+		[ -d "/proc/$1" ] || return 0
+		downloaded=$(awk '$1 == "rchar:" { print $2 }' "/proc/$1/io" 2>/dev/null)
+		sectors=$(awk '{ print $7 }' "$stat_file" 2>/dev/null)
+		written=$(((${sectors:-0} - ${base:-0}) * 512))
+		printf 'downloaded=%s\nwritten=%s\ntotal=%s\n' "$downloaded" "$written" "$IMAGE_BYTES" \
+			>"$RUN/progress.txt"
+		timeout 10 wget -q -O /dev/null --header "Authorization: Bearer $TOKEN" \
+			--header "Content-Type: text/plain" --post-file "$RUN/progress.txt" \
+			"$SERVER/agent/v1/$MAC/progress" 2>/dev/null
+		log "writing: $(mib "$downloaded")${IMAGE_BYTES:+ of $(mib "$IMAGE_BYTES")} MiB downloaded, $(mib "$written") MiB written"
+		ticks=$((ticks + 1))
+		[ $((ticks % 6)) -eq 0 ] && send_log
+	done
 }
 
 # written_bytes: what dd wrote, from its "F+P records out" line (records of 1 MiB).
@@ -540,7 +604,8 @@ provision() {
 	SUM=$(echo "$SUM" | tr 'A-F' 'a-f')
 
 	speed=$(disk_write_speed "$ROOT" "$capacity")
-	report writing Writing "streaming $FORMAT image to $ROOT" 0 "$speed"
+	IMAGE_BYTES=$length
+	report writing Writing "streaming $FORMAT image to $ROOT" 0 "$speed" "$length"
 	started=$(cut -d. -f1 /proc/uptime)
 	stream_image
 	written=$(written_bytes)
@@ -551,6 +616,7 @@ provision() {
 			provision_failed DiskTooSmall "the image does not fit on $ROOT ($capacity bytes)" \
 				"$written"
 		else
+			note "dd: $(grep -v 'records' "$RUN/dd.err" | head -n 3 | tr '\n' ' ')"
 			provision_failed DiskWriteFailed "writing $ROOT failed" "$written"
 		fi
 		return 1
@@ -715,6 +781,7 @@ main() {
 		lookup
 	fi
 	inspect
+	send_log
 	work_loop
 }
 

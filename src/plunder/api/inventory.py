@@ -208,6 +208,19 @@ class HardwareDetails(KubeModel):
     """The network interfaces."""
 
 
+class WriteProgress(KubeModel):
+    """How far the agent's image write has got, from its byte counts (rate-limited)."""
+
+    downloaded_bytes: int | None = Field(default=None, ge=0)
+    """The image's bytes downloaded so far (compressed, as published)."""
+    image_bytes: int | None = Field(default=None, ge=0)
+    """The image's size as its server announced it (empty if it did not)."""
+    written_bytes: int | None = Field(default=None, ge=0)
+    """Bytes written to the disk so far (decompressed)."""
+    updated: datetime
+    """When the agent reported these counts."""
+
+
 class PlunderHostStatus(KubeModel):
     """What was observed of the host."""
 
@@ -236,6 +249,8 @@ class PlunderHostStatus(KubeModel):
     """What inspection found."""
     phases: list[Phase] | None = Field(default=None, max_length=32)
     """When each phase of the current cycle started and ended."""
+    write_progress: WriteProgress | None = None
+    """The image write's progress while it runs (its last counts once it has ended)."""
     conditions: list[Condition] | None = Field(default=None, max_length=32)
     """The host's conditions."""
     observed_generation: int | None = Field(default=None, ge=0)

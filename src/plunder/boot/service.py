@@ -21,6 +21,7 @@ from lightkube.models.core_v1 import ObjectReference
 from plunder.api.inventory import PlunderHost
 from plunder.boot import netns, tokens
 from plunder.boot.backend.kube import KubeHostBackend
+from plunder.boot.backend.logstore import AgentLogStore
 from plunder.boot.dhcp.leases import LeaseTable
 from plunder.boot.dhcp.supervisor import DnsmasqSupervisor
 from plunder.boot.http import one_line_errors
@@ -43,6 +44,9 @@ class BootService:
         self.settings = settings
         self.client = async_client(kubeconfig, field_manager="plunder-boot")
         self.backend = KubeHostBackend(self.client, settings.namespace, settings.last_seen_interval)
+        self.agent_logs = AgentLogStore(
+            self.client, settings.namespace, settings.agent_log_interval
+        )
         self.dnsmasq = DnsmasqSupervisor(settings) if settings.dhcp.mode != "off" else None
         self.leases = LeaseTable(
             self.dnsmasq.leases_path if self.dnsmasq and settings.dhcp.mode == "full" else None
@@ -82,6 +86,7 @@ class BootService:
             self.client,
             tokens.TokenSigner(key),
             self._record_event,
+            self.agent_logs,
         )
         self._runner = web.AppRunner(
             app, access_log=None, max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES
@@ -111,6 +116,7 @@ class BootService:
                 await task
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.agent_logs.stop()
         await self.client.close()
         log.info("boot service stopped")
 

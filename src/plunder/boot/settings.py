@@ -92,6 +92,14 @@ class BootSettings:
     agent_silence_seconds: float = 60.0
     """An agent token whose holder has made no call for this long may be issued again to a new
     lookup (only while no disk write is at stake: see :mod:`plunder.boot.trust`)."""
+    progress_interval: float = 10.0
+    """Record a host's image-write progress at most this often (the agent reports every 5 s)."""
+    progress_writes_per_second: float = 20.0
+    """Progress writes per second across every host (per replica): a fleet writing its images
+    at once gets its progress recorded less often, never more writes than this."""
+    agent_log_interval: float = 5.0
+    """Write a host's agent log at most this often; an upload arriving sooner is kept in
+    memory and written when due (the newest one: each upload holds the whole boot's log)."""
 
     @property
     def http_base(self) -> str:

@@ -180,6 +180,27 @@ def takes_progress(host: PlunderHost) -> bool:
     return state == "deprovisioning" or (state == "provisioning" and not write_ended(host))
 
 
+def takes_write_progress(host: PlunderHost) -> bool:
+    """Whether the agent's byte counts may be recorded: its image write is under way."""
+    return (
+        hoststate.state_of(host) == "provisioning" and writing_begun(host) and not write_ended(host)
+    )
+
+
+def takes_agent_log(host: PlunderHost) -> bool:
+    """Whether the holder of the current token may replace the host's kept agent log.
+
+    Any boot's agent may (inspection, a parked host, a failure, a wipe), except once the OS
+    write of this provisioning has ended: the token of an install (which an installer's logs on
+    the disk keep) writes nothing after it, as it moves nothing. The agent sends its last log
+    before its "done".
+    """
+    state = hoststate.state_of(host)
+    if state == "provisioned":
+        return False
+    return not (state == "provisioning" and write_ended(host))
+
+
 def takes_phone_home(host: PlunderHost) -> bool:
     """Whether a phone-home may move the host: provisioning, and the write has ended."""
     return hoststate.state_of(host) == "provisioning" and write_ended(host)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -104,6 +105,14 @@ def render_policies() -> str:
     "host goes to error (ProvisioningTimeout).",
 )
 @click.option(
+    "--deprovisioning-timeout",
+    type=click.FloatRange(min=1),
+    default=900,
+    show_default=True,
+    help="Seconds from the start of deprovisioning to the agent's report of the wipe; then "
+    "the host is power-cycled again (DeprovisioningRetried). It is never given unwiped.",
+)
+@click.option(
     "--provisioning-limit",
     type=click.IntRange(min=1),
     default=DEFAULT_PROVISIONING_LIMIT,
@@ -128,6 +137,7 @@ def controller(
     leader_elect: bool,
     leader_election_namespace: str | None,
     provisioning_timeout: float,
+    deprovisioning_timeout: float,
     provisioning_limit: int,
     metrics_port: int | None,
 ) -> None:
@@ -149,6 +159,7 @@ def controller(
     own_namespace = leader_election_namespace or namespace or _pod_namespace() or "default"
     lease_namespace = own_namespace if leader_elect else None
     deadline.SETTINGS.provisioning_timeout_s = provisioning_timeout
+    deadline.SETTINGS.deprovisioning_timeout_s = deprovisioning_timeout
     slots.SETTINGS.provisioning_limit = provisioning_limit
     slots.SETTINGS.ledger_namespace = own_namespace
     metrics.SETTINGS.port = metrics_port
@@ -301,6 +312,30 @@ def lab_down(lab_dir: Path | None) -> None:
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 
+@lab.command("restart")
+@_LAB_DIR
+@click.argument("component", type=click.Choice(["controller", "boot", "dnsmasq", "kube-apiserver"]))
+@click.option("--kill", is_flag=True, help="SIGKILL it (as a crash would), not SIGTERM.")
+def lab_restart(lab_dir: Path | None, component: str, kill: bool) -> None:
+    """Stop one part of the lab and start it again with the same arguments, as its Deployment would.
+
+    dnsmasq is the boot service's: it is stopped alone, and the boot service starts it again.
+    """
+    lab_module = _lab_module()
+    from plunder.lab import processes, restarts
+
+    folder = lab_dir or lab_module.default_lab_dir()
+    try:
+        done = restarts.restart(folder, component, signal.SIGKILL if kill else signal.SIGTERM)
+    except processes.StartupError as error:
+        err_console.print(f"[red]{error}[/red]")
+        sys.exit(1)
+    console.print(
+        f"{component}: pid {done.stopped} stopped, pid {done.started} answering after "
+        f"{done.back_after:.1f}s"
+    )
+
+
 @lab.command("status")
 @_LAB_DIR
 def lab_status(lab_dir: Path | None) -> None:
@@ -421,6 +456,7 @@ def main() -> None:
     cli.add_command(release.release)
     cli.add_command(hosts.get)
     cli.add_command(hosts.describe)
+    cli.add_command(hosts.logs)
     try:
         cli()
     except ConfigError as error:

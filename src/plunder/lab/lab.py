@@ -140,7 +140,8 @@ def _check_free(lab_dir: Path, options: LabOptions) -> None:
         )
 
 
-def _ready_in_namespace(namespace: str, url: str) -> bool:
+def ready_in_namespace(namespace: str, url: str) -> bool:
+    """Whether ``url`` answers 200 when asked from inside network namespace ``namespace``."""
     with netns.entered(namespace):
         return processes.http_ok(url)()
 
@@ -236,7 +237,7 @@ def _start_hosts(lab_dir: Path, options: LabOptions, kubeconfig: Path) -> tuple[
     )
     boot_url = f"http://{address}:{options.boot_port}"
     processes.wait_until(
-        lambda: _ready_in_namespace(net.namespace, f"{boot_url}/healthz"),
+        lambda: ready_in_namespace(net.namespace, f"{boot_url}/healthz"),
         "boot service",
         boot,
         timeout=60,
@@ -328,7 +329,8 @@ def _publish_image(built: OSImage, files: Path, image_name: str) -> None:
         (images / f"{name}.sha256").write_text(f"{digest}  {name}\n")
 
 
-def _recorded_options(lab_dir: Path) -> LabOptions | None:
+def recorded_options(lab_dir: Path) -> LabOptions | None:
+    """The options the lab in ``lab_dir`` was started with; None if none was."""
     try:
         facts = json.loads((lab_dir / LAB_FACTS).read_text())
     except FileNotFoundError:
@@ -339,7 +341,7 @@ def _recorded_options(lab_dir: Path) -> LabOptions | None:
 
 def recorded_network(lab_dir: Path) -> network.LabNetwork | None:
     """The provisioning network of the lab in ``lab_dir``; None if it runs without hosts."""
-    options = _recorded_options(lab_dir)
+    options = recorded_options(lab_dir)
     if options is None or not options.hosts:
         return None
     return network.LabNetwork(

@@ -56,9 +56,7 @@ class Plane:
 
     def ssl_context(self) -> ssl.SSLContext:
         """A client TLS context that trusts the plane's CA and presents the admin certificate."""
-        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
-        context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
-        return context
+        return admin_ssl_context(self.pki)
 
     def version(self) -> str:
         """The API server's ``gitVersion`` as it reports it on /version."""
@@ -71,6 +69,13 @@ class Plane:
         """Stop the API server, then etcd."""
         processes.stop(self.apiserver.pid)
         processes.stop(self.etcd.pid)
+
+
+def admin_ssl_context(pki: PlanePKI) -> ssl.SSLContext:
+    """A client TLS context that trusts the plane's CA and presents the admin certificate."""
+    context = ssl.create_default_context(cafile=str(pki.ca_cert))
+    context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+    return context
 
 
 def write_kubeconfig(path: Path, server: str, pki: PlanePKI, name: str = "plunder-lab") -> None:

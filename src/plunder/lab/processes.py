@@ -2,11 +2,14 @@
 
 Every process gets its own log file and a pid file beside it, and its own session, so that
 ``plunderctl lab up`` can return while the processes go on, and ``lab down`` (another process)
-can find and stop them.
+can find and stop them. Its command line is recorded too (``<name>.argv.json``), so that it can
+be killed and started again with the same arguments, as its Deployment would restart it
+(:func:`restart_recorded`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -72,7 +75,37 @@ def start(
             env={**os.environ, **(env or {})},
         )
     (run_dir / f"{name}.pid").write_text(str(process.pid))
+    (run_dir / f"{name}.argv.json").write_text(json.dumps({"argv": list(argv), "env": env or {}}))
     return Managed(name, process.pid, log_path)
+
+
+def restart_recorded(
+    run_dir: Path, name: str, sig: signal.Signals = signal.SIGKILL, grace: float = 15.0
+) -> tuple[int, Managed]:
+    """Send ``sig`` to the recorded process ``name``; once it is gone, start it again.
+
+    Only that process is signalled, not its session: what it started must end by itself (as
+    the boot service's dnsmasq does). One that is still there ``grace`` seconds after a gentler
+    signal gets SIGKILL, as a kubelet does after a pod's grace period. It is started again with
+    its recorded command line and extra environment, logging to the same file. Returns the pid
+    that was stopped and the new process.
+
+    Raises:
+        StartupError: No such process was recorded, or it did not end even after SIGKILL.
+    """
+    pid = recorded_pid(run_dir, name)
+    command_file = run_dir / f"{name}.argv.json"
+    if pid is None or not command_file.exists():
+        raise StartupError(f"{name}: no running process recorded in {run_dir}")
+    command = json.loads(command_file.read_text())
+    for signalled in dict.fromkeys((sig, signal.SIGKILL)):
+        os.kill(pid, signalled)
+        deadline = time.monotonic() + grace
+        while is_running(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not is_running(pid):
+            return pid, start(name, command["argv"], run_dir, command["env"])
+    raise StartupError(f"{name} (pid {pid}) still runs {grace:.0f}s after SIGKILL")
 
 
 def is_running(pid: int) -> bool:
@@ -87,7 +120,15 @@ def is_running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has ended and waits to be reaped by a parent that is not us."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def stop(pid: int, timeout: float = 15.0, group: bool = True) -> None:

@@ -19,6 +19,7 @@ follows from the state alone (:func:`power_wish`), converged by the controller's
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -195,6 +196,43 @@ def root_device(host: PlunderHost) -> str:
 WIPED_REASON = "Wiped"
 """The reason of the agent's ``done`` for a wipe (``agent.sh``: ``report done Wiped …``)."""
 
+UNREACHABLE_REASONS = frozenset(
+    {"ImageDownloadFailed", "CloudInitUnavailable", "ChecksumUnavailable"}
+)
+"""The agent's failures to fetch what it writes: the image, its checksum file, the cloud-init
+data. Unless a server answered 4xx, they say the server was away or the connection dropped (a
+boot service restarted, say by a rolling update, in the middle of the download): not a fault
+of the host or of its spec."""
+
+_CLIENT_ERROR = re.compile(r"HTTP/\d(?:\.\d)? 4\d\d")
+
+
+def passing_failure(reason: str, message: str) -> bool:
+    """Whether a failure the agent reported is one of reaching a server that may pass by itself.
+
+    Such a failure does not end provisioning: the host stays ``provisioning``, the agent is told
+    to provision again at its next poll, and the provisioning deadline bounds the tries. Before,
+    a boot service killed while an image streamed (bench/chaos_lab.py kills it so) left the host
+    in ``error`` until a person changed its spec.
+    """
+    return reason in UNREACHABLE_REASONS and not _CLIENT_ERROR.search(message)
+
+
+def retried(host: PlunderHost, reason: str, message: str, now: datetime) -> Change:
+    """A passing failure: the attempt's write phase is dropped (the next one starts afresh).
+
+    Dropped, not finished: a write that ended would stop the cloud-init data from being served
+    to the next attempt and let a phone-home in (:mod:`plunder.boot.trust`).
+    """
+    text = f"{message}; the agent tries again"
+    return Change(
+        {
+            "phases": [phase for phase in _phases(host) if phase["name"] != "writing"],
+            "conditions": provisioned_condition(host, "False", reason, text, now),
+        },
+        (reason, f"provisioning: {text}", "Warning"),
+    )
+
 
 def agent_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> Change:
     """The agent reported a phase of its work.
@@ -208,13 +246,22 @@ def agent_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> 
     phase, reason = fields.get("phase", ""), fields.get("reason", "")
     message = fields.get("message", "")[:1000]
     state = state_of(host)
+    if phase == "failed" and state == "provisioning" and passing_failure(reason, message):
+        return retried(host, reason, message, now)
     if phase == "failed":
         return failed(host, reason or "AgentFailed", message, now)
     if phase == "writing" and state == "provisioning":
         writing: dict[str, Any] = {"name": "writing", "started": _stamp(now)}
         if fields.get("disk_bps", "").isdigit():
             writing["diskBytesPerSecond"] = int(fields["disk_bps"])
-        return Change({"phases": [*_phases(host), writing]})
+        image_bytes = fields.get("image_bytes", "")
+        progress = {
+            "downloadedBytes": 0,
+            "writtenBytes": 0,
+            "imageBytes": int(image_bytes) if image_bytes.isdigit() else None,
+            "updated": _stamp(now),
+        }
+        return Change({"phases": [*_phases(host), writing], "writeProgress": progress})
     if phase == "done" and state == "provisioning":
         phases = finish_phase(host, "writing", now)
         if fields.get("bytes", "").isdigit():
@@ -236,6 +283,29 @@ def agent_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> 
             ("Deprovisioned", "disk wiped; the host is available again", "Normal"),
         )
     return Change()
+
+
+_PROGRESS_FIELDS = (
+    ("downloaded", "downloadedBytes"),
+    ("written", "writtenBytes"),
+    ("total", "imageBytes"),
+)
+
+
+def write_progress(host: PlunderHost, fields: dict[str, str], now: datetime) -> Status | None:
+    """The ``writeProgress`` of the agent's byte counts during its image write; None: not now.
+
+    Taken only while the write's phase is open (begun by the agent's ``writing`` report, which
+    resets the counts, and not finished): counts arriving late change nothing that has ended.
+    """
+    if state_of(host) != "provisioning" or not _open_phase(host, "writing"):
+        return None
+    progress: dict[str, Any] = {
+        key: int(fields[name]) for name, key in _PROGRESS_FIELDS if fields.get(name, "").isdigit()
+    }
+    if not progress:
+        return None
+    return {"writeProgress": {**progress, "updated": _stamp(now)}}
 
 
 def phoned_home(host: PlunderHost, now: datetime) -> Change:
@@ -450,6 +520,38 @@ def provisioning_deadline(host: PlunderHost, now: datetime, timeout_s: float) ->
         f"no phone home from the installed OS within {timeout_s:.0f} s of the start of "
         f"provisioning ({_last_phase(host)}); check the host's console",
         now,
+    )
+
+
+DEPROVISIONING_RETRIED_REASON = "DeprovisioningRetried"
+
+
+def deprovisioning_deadline(host: PlunderHost, now: datetime, timeout_s: float) -> Change:
+    """Deprovisioning begun again once the wipe took too long: the host is power-cycled again.
+
+    The wipe ends with the agent's ``done``; a host whose power cycle was lost, or whose agent
+    never came up, would otherwise hold its provisioning slot and its machine's deletion for
+    good. Unlike provisioning it cannot give up: a host that is not wiped must never be given
+    again. So, as Metal3 retries a failed deprovisioning, the phase starts over, which gives the
+    power loop a new mark (:func:`power_wish`) and so a new power cycle; a host without a BMC
+    gets the same warning each time, for a person to power-cycle it.
+    """
+    if state_of(host) != "deprovisioning":
+        return Change()
+    taken = phase_seconds(host, "deprovisioning", now)
+    if taken is None or taken < timeout_s:
+        return Change()
+    if host.spec.bmc is None:
+        action = "the host has no BMC: power-cycle it by hand, and its agent wipes it"
+    else:
+        action = "power-cycling it into the agent again"
+    return Change(
+        {"phases": start_phase(host, "deprovisioning", now)},
+        (
+            DEPROVISIONING_RETRIED_REASON,
+            f"no wipe reported within {timeout_s:.0f} s of the start of deprovisioning; {action}",
+            "Warning",
+        ),
     )
 
 

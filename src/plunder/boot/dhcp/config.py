@@ -2,9 +2,13 @@
 
 dnsmasq does the DHCP and TFTP wire protocols (robust, and fuzzed by others for decades); this
 module decides what it answers. The decision is a table: a client that is already iPXE gets the
-HTTP chain script (so it never loops back into TFTP); a plain PXE ROM gets the iPXE binary for its
-architecture (RFC 4578 client-arch, option 93). ``boot_file_for`` states the same table as a
-function so that the choice is unit-tested without dnsmasq.
+chain script (a script, so it never loops back into the iPXE binary); a plain PXE ROM gets the
+iPXE binary for its architecture (RFC 4578 client-arch, option 93). ``boot_file_for`` states the
+same table as a function so that the choice is unit-tested without dnsmasq.
+
+The chain script is served over TFTP by dnsmasq itself, not over HTTP by the boot service: the
+server that just answered DHCP is up, and the script waits for the boot service's HTTP while that
+restarts (:func:`plunder.boot.ipxe.scripts.chain_script`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from ipaddress import IPv4Address
 from plunder.boot.settings import BootSettings
 
 CHAIN_PATH = "/chain.ipxe"
+"""The chain script over HTTP, for a site's own DHCP server to hand out (``--dhcp off``)."""
+CHAIN_FILE = "chain.ipxe"
+"""The chain script in dnsmasq's TFTP root: what iPXE clients are told to load."""
 
 
 @dataclass(frozen=True)
@@ -35,15 +42,10 @@ ARCH_BOOTS = (
 """RFC 4578: 0 is x86 BIOS, 7 and 9 are x86-64 UEFI."""
 
 
-def chain_url(settings: BootSettings) -> str:
-    """What iPXE clients are told to load: a static script that chains with their facts."""
-    return f"{settings.http_base}{CHAIN_PATH}"
-
-
 def boot_file_for(client_arch: int | None, is_ipxe: bool, settings: BootSettings) -> str | None:
     """The boot file dnsmasq hands a client; None if it is no PXE client we serve."""
     if is_ipxe:
-        return chain_url(settings)
+        return CHAIN_FILE
     for arch in ARCH_BOOTS:
         if client_arch in arch.arches:
             return arch.boot_file
@@ -56,13 +58,13 @@ def pxe_stem(boot_file: str) -> str:
 
 
 def _ipxe_boot_line(settings: BootSettings) -> str:
-    """IPXE clients get the chain script, with our address as next-server (siaddr).
+    """IPXE clients get the chain script over TFTP, with our address as next-server (siaddr).
 
     iPXE accepts a ProxyDHCP answer only if it carries PXE options: a boot file *and* a
-    next-server, even when the file is an HTTP URL. Without siaddr a BIOS iPXE ROM asks the
-    proxy again and again, then gives up with "Nothing to boot" (seen in the lab, proxy mode).
+    next-server. Without siaddr a BIOS iPXE ROM asks the proxy again and again, then gives up
+    with "Nothing to boot" (seen in the lab, proxy mode).
     """
-    return f"dhcp-boot=tag:ipxe,{chain_url(settings)},,{settings.address}"
+    return f"dhcp-boot=tag:ipxe,{CHAIN_FILE},,{settings.address}"
 
 
 def _range_bounds(settings: BootSettings) -> tuple[IPv4Address, IPv4Address]:
@@ -88,6 +90,9 @@ def render_dnsmasq_conf(settings: BootSettings, leases: str, tftp_root: str) -> 
         # dnsmasq keeps root here: its run folder may sit in a home only root can enter. It runs
         # in the provisioning network's namespace and serves nothing but this configuration.
         "user=root",
+        # Its group too: a change of group (to "dip", its default) clears the parent-death
+        # signal that ends it with the boot service (dhcp/supervisor.py).
+        "group=root",
         "dhcp-userclass=set:ipxe,iPXE",
         "dhcp-match=set:ipxe,175",
     ]

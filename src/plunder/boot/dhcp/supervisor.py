@@ -3,16 +3,28 @@
 dnsmasq runs in the foreground as our child (inside the provisioning namespace when there is
 one). If it exits it is started again after a growing pause; a new configuration restarts it
 (SIGHUP makes dnsmasq re-read only its hosts and leases files, not its configuration).
+
+It never outlives us: the kernel kills it when the boot service ends, however it ends (a
+parent-death signal, which dnsmasq keeps only because its configuration keeps its user and
+group: a change of credentials clears it, as the lab's chaos run showed). Without
+that, a boot service killed with SIGKILL left its dnsmasq running, and the next one started a
+second dnsmasq beside it on the same interface (``bind-interfaces`` lets both bind ports 67 and
+69): two DHCP servers handing out one range from two lease tables (found for the lab's chaos run).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import logging
+import os
 import shutil
+import signal
 from pathlib import Path
 
-from plunder.boot.dhcp.config import ARCH_BOOTS, pxe_stem, render_dnsmasq_conf
+from plunder.boot.dhcp.config import ARCH_BOOTS, CHAIN_FILE, pxe_stem, render_dnsmasq_conf
+from plunder.boot.ipxe import scripts
 from plunder.boot.settings import BootSettings
 
 log = logging.getLogger(__name__)
@@ -22,12 +34,30 @@ _RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 def prepare_tftp_root(settings: BootSettings, tftp_root: Path) -> None:
-    """Copy Debian's iPXE binaries in, also under the ``<stem>.0`` name PXE menus ask for."""
+    """Copy Debian's iPXE binaries in, also under the ``<stem>.0`` name PXE menus ask for.
+
+    And the chain script iPXE clients load (:data:`plunder.boot.dhcp.config.CHAIN_FILE`).
+    """
     tftp_root.mkdir(parents=True, exist_ok=True)
     for arch in ARCH_BOOTS:
         source = settings.ipxe_dir / arch.boot_file
         for name in (arch.boot_file, f"{pxe_stem(arch.boot_file)}.0"):
             shutil.copyfile(source, tftp_root / name)
+    (tftp_root / CHAIN_FILE).write_text(scripts.chain_script(settings.http_base))
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+"""Looked up here, not in the forked child, which should take no loader locks."""
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec: SIGKILL when ``parent`` ends (kept across exec).
+
+    If the parent ended already, before the request was made, exit at once.
+    """
+    if _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0 or os.getppid() != parent:
+        os._exit(1)
 
 
 class DnsmasqSupervisor:
@@ -92,6 +122,7 @@ class DnsmasqSupervisor:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
             )
             self.starts += 1
             assert self._process.stdout is not None

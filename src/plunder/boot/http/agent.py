@@ -1,4 +1,4 @@
-"""The agent's side of the boot service: lookup, inspection, work, seed, progress, phone home.
+"""The agent's side of the boot service: lookup, inspection, work, seed, progress, log, phone home.
 
 Every call names the host's MAC in its path. The first, ``lookup``, is answered with the token of
 the host's boot, once per boot (see :mod:`plunder.boot.trust` for what opens a boot); every other
@@ -7,6 +7,11 @@ headers, puts its own token in the query). A call with a wrong token is refused 
 log line; bootstrap data is served only with the token of the boot that installs the host, only
 while it is being installed, and is never logged. Answers to the agent are ``key=value`` lines,
 which a busybox shell reads without a JSON parser.
+
+The agent's log of its boot (``POST …/log``) is taken from the holder of the current token only,
+scrubbed and bounded (:mod:`plunder.boot.agentlog`), and kept in the host's ConfigMap; its text
+is never logged here. Its byte counts during an image write (``POST …/progress``) are recorded
+in ``status.writeProgress`` at a bounded rate (:mod:`plunder.boot.progress`).
 """
 
 from __future__ import annotations
@@ -22,15 +27,17 @@ from lightkube.resources.core_v1 import Secret
 from pydantic import ValidationError
 
 from plunder.api.inventory import HardwareDetails, PlunderHost
-from plunder.boot import trust
+from plunder.boot import agentlog, trust
 from plunder.boot.backend.base import BootFacts
 from plunder.boot.http.keys import (
+    AGENT_LOGS_KEY,
     BACKEND_KEY,
     CLIENT_KEY,
     EVENTS_KEY,
     HOLDERS_KEY,
     LEASES_KEY,
     METRICS_KEY,
+    PROGRESS_KEY,
     READY_KEY,
     SETTINGS_KEY,
     SIGNER_KEY,
@@ -209,13 +216,62 @@ async def progress(request: web.Request) -> web.Response:
         )
         raise web.HTTPConflict(text="no work is under way on this host\n")
     text = (await request.content.read(8192)).decode(errors="replace")
-    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-    change = hoststate.agent_progress(host, fields, datetime.now(UTC))
+    change = hoststate.agent_progress(host, _fields(text), datetime.now(UTC))
     if change.status:
         await request.app[BACKEND_KEY].patch_host_status(host, change.status)
     if change.event is not None:
         await request.app[EVENTS_KEY](host, *change.event)
     return web.Response(status=204)
+
+
+def _fields(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+async def write_progress(request: web.Request) -> web.Response:
+    """The agent's byte counts during its image write (downloaded, written, total).
+
+    204: recorded; 202: taken but not recorded (the host's last record is recent, or the fleet's
+    budget of progress writes is spent: the next report carries newer counts).
+    """
+    host = authorised_host(request)
+    mac = host.spec.boot_mac_address
+    if not trust.takes_write_progress(host):
+        raise web.HTTPConflict(text="no image write is under way on this host\n")
+    fields = _fields((await request.content.read(4096)).decode(errors="replace"))
+    status = hoststate.write_progress(host, fields, datetime.now(UTC))
+    metrics = request.app[METRICS_KEY].write_progress
+    if status is None or not request.app[PROGRESS_KEY].admit(mac):
+        metrics.labels("dropped").inc()
+        return web.Response(status=202)
+    await request.app[BACKEND_KEY].patch_host_status(host, status)
+    metrics.labels("recorded").inc()
+    return web.Response(status=204)
+
+
+async def agent_log(request: web.Request) -> web.Response:
+    """The agent sends the log of its boot (all of it, newest last): it replaces the kept one.
+
+    204: written; 202: kept in memory, written when the host's turn comes. The text is scrubbed
+    of the host's tokens (and anything that looks like a credential) before it is kept.
+    """
+    host = authorised_host(request)
+    mac = host.spec.boot_mac_address
+    if not trust.takes_agent_log(host):
+        log.warning("agent log of %s refused: its write has ended", mac)
+        raise web.HTTPConflict(text="this host's install has ended; its log is kept\n")
+    body = await request.content.read(agentlog.MAX_UPLOAD_BYTES + 1)
+    if len(body) > agentlog.MAX_UPLOAD_BYTES:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=agentlog.MAX_UPLOAD_BYTES, actual_size=len(body)
+        )
+    boot_id = trust.current_boot_id(host) or ""
+    signer = request.app[SIGNER_KEY]
+    secrets = (signer.token(mac, boot_id), signer.token(mac, boot_id, "phone-home"))
+    text = agentlog.clean(body, secrets)
+    written = await request.app[AGENT_LOGS_KEY].submit(host, boot_id, text)
+    request.app[METRICS_KEY].agent_logs.labels("written" if written else "waiting").inc()
+    return web.Response(status=204 if written else 202)
 
 
 async def phone_home(request: web.Request) -> web.Response:
@@ -303,5 +359,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/agent/v1/{mac}/inspection", inspection)
     app.router.add_get("/agent/v1/{mac}/work", work)
     app.router.add_post("/agent/v1/{mac}/status", progress)
+    app.router.add_post("/agent/v1/{mac}/progress", write_progress)
+    app.router.add_post("/agent/v1/{mac}/log", agent_log)
     app.router.add_post("/agent/v1/{mac}/phone-home", phone_home)
     app.router.add_get("/agent/v1/{mac}/cloud-init/{file}", cloud_init)

@@ -22,13 +22,16 @@ from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from plunder.api import rules
 from plunder.api.inventory import PlunderHost
 from plunder.boot import tokens, trust
 from plunder.boot.backend.base import BootFacts, HostBackend
+from plunder.boot.backend.logstore import AgentLogStore
 from plunder.boot.dhcp.leases import LeaseTable
 from plunder.boot.discovery import DiscoveryGate
 from plunder.boot.http import agent
 from plunder.boot.http.keys import (
+    AGENT_LOGS_KEY,
     BACKEND_KEY,
     CLIENT_KEY,
     DISCOVERY_KEY,
@@ -36,6 +39,7 @@ from plunder.boot.http.keys import (
     HOLDERS_KEY,
     LEASES_KEY,
     METRICS_KEY,
+    PROGRESS_KEY,
     READY_KEY,
     SETTINGS_KEY,
     SIGNER_KEY,
@@ -45,6 +49,7 @@ from plunder.boot.http.metrics import BootMetrics
 from plunder.boot.installer import routes as installer_routes
 from plunder.boot.ipxe import decide, scripts
 from plunder.boot.macs import InvalidMACError, normalise_mac
+from plunder.boot.progress import ProgressGate
 from plunder.boot.settings import BootSettings
 from plunder.reconcile import hoststate
 
@@ -144,6 +149,9 @@ async def boot_ipxe(request: web.Request) -> web.Response:
         mac = normalise_mac(request.query.get("mac", ""))
     except InvalidMACError as error:
         return _reject(request, 400, "invalid-mac", str(error))
+    not_a_nic = rules.first_failure(rules.mac_address("mac"), mac)
+    if not_a_nic is not None:  # the schema would refuse its PlunderHost: no write is tried
+        return _reject(request, 400, "not-a-nic", not_a_nic)
     leased_to = app[LEASES_KEY].mac_for(request.remote or "")
     if leased_to is not None and leased_to != mac:
         return _reject(
@@ -248,6 +256,7 @@ def make_app(
     client: AsyncClient,
     signer: tokens.TokenSigner,
     events: EventSink,
+    agent_logs: AgentLogStore,
 ) -> web.Application:
     """The boot service's web application."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[api_trouble])
@@ -256,6 +265,10 @@ def make_app(
     app[HOLDERS_KEY] = tokens.Holders()
     app[DISCOVERY_KEY] = DiscoveryGate(settings.discovery)
     app[EVENTS_KEY] = events
+    app[AGENT_LOGS_KEY] = agent_logs
+    app[PROGRESS_KEY] = ProgressGate(
+        settings.progress_interval, settings.progress_writes_per_second
+    )
     app[SETTINGS_KEY] = settings
     app[BACKEND_KEY] = backend
     app[LEASES_KEY] = leases

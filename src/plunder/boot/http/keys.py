@@ -11,9 +11,11 @@ from lightkube import AsyncClient
 
 from plunder.api.inventory import PlunderHost
 from plunder.boot.backend.base import HostBackend
+from plunder.boot.backend.logstore import AgentLogStore
 from plunder.boot.dhcp.leases import LeaseTable
 from plunder.boot.discovery import DiscoveryGate
 from plunder.boot.http.metrics import BootMetrics
+from plunder.boot.progress import ProgressGate
 from plunder.boot.settings import BootSettings
 from plunder.boot.tokens import Holders, TokenSigner
 
@@ -29,4 +31,6 @@ CLIENT_KEY = web.AppKey("client", AsyncClient)
 SIGNER_KEY = web.AppKey("signer", TokenSigner)
 HOLDERS_KEY = web.AppKey("holders", Holders)
 DISCOVERY_KEY = web.AppKey("discovery", DiscoveryGate)
+AGENT_LOGS_KEY = web.AppKey("agent-logs", AgentLogStore)
+PROGRESS_KEY = web.AppKey("progress", ProgressGate)
 EVENTS_KEY: web.AppKey[EventSink] = web.AppKey("events")

@@ -31,6 +31,18 @@ class BootMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.agent_logs = Counter(
+            "plunder_boot_agent_logs_total",
+            "Agent log uploads taken, by what became of them (written, waiting)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.write_progress = Counter(
+            "plunder_boot_write_progress_total",
+            "Image-write progress reports taken, by what became of them (recorded, dropped)",
+            ["result"],
+            registry=self.registry,
+        )
         self.hosts = Gauge(
             "plunder_boot_cached_hosts", "PlunderHosts in the watch cache", registry=self.registry
         )

@@ -33,9 +33,24 @@ class BootDecision:
     cmdline: str = ""
 
 
+CHAIN_TRIES = 20
+"""How often the chain script asks for /boot.ipxe, 3 s apart, before it gives up (``exit``)."""
+CHAIN_WAIT_MESSAGE = "plunder: no answer from the boot service, asking again"
+
+
 def chain_script(http_base: str) -> str:
-    """The static script that DHCP hands iPXE: it chains to /boot.ipxe with the host's facts."""
-    return f"#!ipxe\nchain --replace --autofree {http_base}/boot.ipxe?{FACTS_QUERY}\n"
+    """The static script that DHCP hands iPXE: it chains to /boot.ipxe with the host's facts.
+
+    It asks again, 3 s apart, for about a minute: the boot service may be restarting (a
+    rolling update, a crash). A host whose iPXE gave up at once went on to its disk: a host to
+    be wiped booted its old OS and was never wiped, a UEFI host with a fresh image stopped in
+    the firmware's menu. After that it still gives up (``exit``, to the next boot device), so a
+    long outage does not keep provisioned servers from their disks.
+    Unrolled, as iPXE's counters are not in every build.
+    """
+    ask = f"chain --replace --autofree {http_base}/boot.ipxe?{FACTS_QUERY}"
+    wait = f"prompt --timeout 3000 {CHAIN_WAIT_MESSAGE} ||"
+    return "#!ipxe\n" + f"{ask} || {wait}\n" * CHAIN_TRIES + "exit\n"
 
 
 def _poll_url(http_base: str, mac: str) -> str:
