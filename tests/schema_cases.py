@@ -114,6 +114,26 @@ def cluster_template(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def remediation(**strategy: Any) -> dict[str, Any]:
+    """A PlunderRemediation with these strategy fields."""
+    return {
+        "apiVersion": INFRA,
+        "kind": "PlunderRemediation",
+        "metadata": {"name": "r"},
+        "spec": {"strategy": strategy},
+    }
+
+
+def remediation_template(**strategy: Any) -> dict[str, Any]:
+    """A PlunderRemediationTemplate with these strategy fields."""
+    return {
+        "apiVersion": INFRA,
+        "kind": "PlunderRemediationTemplate",
+        "metadata": {"name": "rt"},
+        "spec": {"template": {"spec": {"strategy": strategy}}},
+    }
+
+
 LONG_NAME = "a" * 64
 """One character more than a label, a label key's name or a DNS label may have."""
 
@@ -148,6 +168,7 @@ _TEMPLATE_LABELS = "spec.template.metadata.labels keys must be label keys"
 _TEMPLATE_VALUES = "spec.template.metadata.labels must be label values"
 _TEMPLATE_ANNOTATIONS = "spec.template.metadata.annotations keys must be label keys"
 _FAILURE_DOMAIN = "spec.failureDomainLabel must be a label key"
+_TIMEOUT = "spec.strategy.timeout must be a duration longer than zero"
 
 CASES: list[Case] = [
     # --- label keys and values, selector operators (what metav1.LabelSelector refuses)
@@ -397,6 +418,23 @@ CASES: list[Case] = [
         _TEMPLATE_PROVIDER_ID,
     ),
     Case("template without a providerID, valid", machine_template(), None),
+    # --- remediation: the strategy's timeout is a duration above zero, retryLimit not negative
+    Case("remediation timeout 0s", remediation(timeout="0s"), _TIMEOUT),
+    Case("remediation timeout without a unit", remediation(timeout="300"), _TIMEOUT),
+    Case("remediation timeout in words", remediation(timeout="five minutes"), _TIMEOUT),
+    Case("remediation timeout negative", remediation(timeout="-5m"), _TIMEOUT),
+    Case("remediation timeout 1h30m, valid", remediation(timeout="1h30m"), None),
+    Case("remediation timeout 90s, valid", remediation(timeout="90s"), None),
+    Case("remediation retryLimit negative", remediation(retryLimit=-1), "retryLimit"),
+    Case("remediation retryLimit 0, valid", remediation(retryLimit=0), None),
+    Case("remediation type Reprovision", remediation(type="Reprovision"), "type"),
+    Case("remediation defaults, valid", remediation(), None),
+    Case("remediation template timeout 0s", remediation_template(timeout="0m"), _TIMEOUT),
+    Case(
+        "remediation template, valid",
+        remediation_template(type="Reboot", retryLimit=2, timeout="5m"),
+        None,
+    ),
 ]
 
 

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from plunder import __version__
+from plunder.api import crdgen
 from plunder.cli import release
 from plunder.lab.capi import ClusterAPIControllers
 from tests.conftest import run_kubectl
@@ -42,7 +43,7 @@ def test_the_components_follow_the_clusterctl_contract() -> None:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["name"] == "manager"  # clusterctl looks for it by this name
     crds = [doc for doc in docs if doc["kind"] == "CustomResourceDefinition"]
-    assert len(crds) == 5
+    assert len(crds) == len(crdgen.ALL_KINDS)
     for crd in crds:
         if crd["spec"]["group"] == "infrastructure.cluster.x-k8s.io":
             assert crd["metadata"]["labels"]["cluster.x-k8s.io/v1beta2"] == "v1alpha1"

@@ -196,3 +196,36 @@ def test_the_topology_flavor_builds_the_cluster_from_the_cluster_class(
             "checksumType": "sha256",
             "format": "raw",
         }
+
+
+def test_the_remediation_flavor_is_the_default_cluster_with_a_health_check_that_api_accepts(
+    cluster_api_controllers: ClusterAPIControllers,
+    plane: Plane,
+    kubectl: list[str],
+    repository: Path,
+    namespace: str,
+) -> None:
+    """The flavour adds a MachineHealthCheck naming a PlunderRemediationTemplate, nothing else."""
+    default = by_kind(generate(plane, repository, namespace))
+    manifest = generate(plane, repository, namespace, flavor="remediation")
+    assert "${" not in manifest
+    kinds = by_kind(manifest)
+    (check,) = kinds.pop("MachineHealthCheck")
+    (template,) = kinds.pop("PlunderRemediationTemplate")
+    assert kinds == default
+    assert check["spec"]["remediation"]["templateRef"] == {
+        "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
+        "kind": "PlunderRemediationTemplate",
+        "name": template["metadata"]["name"],
+    }
+    assert check["spec"]["selector"]["matchLabels"] == {
+        "cluster.x-k8s.io/deployment-name": kinds["MachineDeployment"][0]["metadata"]["name"]
+    }
+    assert template["spec"]["template"]["spec"]["strategy"] == {
+        "type": "Reboot",
+        "retryLimit": 1,
+        "timeout": "10m",
+    }
+    # Cluster API's webhooks and our CRD's rules accept it as generated.
+    applied = run_kubectl(kubectl, "apply", "--dry-run=server", "-f", "-", stdin=manifest)
+    assert applied.returncode == 0, applied.stderr

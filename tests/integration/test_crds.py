@@ -15,6 +15,7 @@ import pytest
 import yaml
 from lightkube import Client
 
+from plunder.api import crdgen
 from tests.conftest import run_kubectl
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,7 @@ def test_plunderctl_crds_pipes_into_kubectl_server_side_apply(
     ).stdout
     applied = run_kubectl(kubectl, "apply", "--server-side", "-f", "-", stdin=crds)
     assert applied.returncode == 0, applied.stderr
-    assert applied.stdout.count("serverside-applied") == 5
+    assert applied.stdout.count("serverside-applied") == len(crdgen.ALL_KINDS)
     listed = run_kubectl(kubectl, "get", "crds", "-o", "name")
     assert "plunderhosts.metal.plunder.dev" in listed.stdout
     assert "plundermachines.infrastructure.cluster.x-k8s.io" in listed.stdout

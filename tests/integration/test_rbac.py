@@ -86,7 +86,13 @@ def service_account_kubeconfig(kubectl: list[str], plane: Plane, account: str, p
 
 
 def can_i(kubectl: list[str], who: str, verb: str, resource: str, namespace: str) -> bool:
-    answer = run_kubectl(kubectl, "auth", "can-i", verb, resource, "-n", namespace, "--as", who)
+    # kubectl reads "kind/status" as the object named status: the subresource is a flag.
+    extra = []
+    if resource.endswith("/status"):
+        resource, extra = resource.removesuffix("/status"), ["--subresource=status"]
+    answer = run_kubectl(
+        kubectl, "auth", "can-i", verb, resource, *extra, "-n", namespace, "--as", who
+    )
     return answer.stdout.strip() == "yes"
 
 
@@ -105,6 +111,11 @@ def can_i(kubectl: list[str], who: str, verb: str, resource: str, namespace: str
         (CONTROLLER, "create", "secrets", False),
         (CONTROLLER, "delete", "plunderhosts.metal.plunder.dev", False),
         (CONTROLLER, "patch", "machines.cluster.x-k8s.io", False),
+        (CONTROLLER, "patch", "machines.cluster.x-k8s.io/status", True),  # the hand-back
+        (CONTROLLER, "delete", "machines.cluster.x-k8s.io", False),
+        (CONTROLLER, "patch", "plunderremediations.infrastructure.cluster.x-k8s.io/status", True),
+        (CONTROLLER, "create", "plunderremediations.infrastructure.cluster.x-k8s.io", False),
+        (CONTROLLER, "delete", "plunderremediations.infrastructure.cluster.x-k8s.io", False),
         (CONTROLLER, "delete", "clusters.cluster.x-k8s.io", False),
         (CONTROLLER, "get", "pods", False),
         (CONTROLLER, "get", "configmaps", False),

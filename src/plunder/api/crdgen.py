@@ -21,12 +21,15 @@ from plunder.api.infrastructure import (
     PlunderMachineTemplate,
 )
 from plunder.api.inventory import PlunderHost
+from plunder.api.remediation import PlunderRemediation, PlunderRemediationTemplate
 
 ALL_KINDS: tuple[type[Resource], ...] = (
     PlunderCluster,
     PlunderClusterTemplate,
     PlunderMachine,
     PlunderMachineTemplate,
+    PlunderRemediation,
+    PlunderRemediationTemplate,
     PlunderHost,
 )
 

@@ -39,6 +39,11 @@ HostState = Literal[
     "error",
 ]
 
+UNHEALTHY_ANNOTATION = "plunder.dev/unhealthy"
+"""On a PlunderHost: it failed remediation (its value says which and why), so no machine claims
+it until a person removes the annotation (``plunderctl host clear-unhealthy``). CAPM3's
+``capm3.metal3.io/unhealthy``."""
+
 # The forms the power drivers parse (plunder.power.base.parse_address); host and port are
 # checked by the URL rules, so an IPv6 BMC is written ipmi://[fd00::9]:623.
 _BMC_ADDRESS = (

@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from plunder.api.inventory import PlunderHost
+from plunder.api.inventory import UNHEALTHY_ANNOTATION, PlunderHost
 from plunder.boot import agentlog
 from plunder.boot.macs import InvalidMACError, normalise_mac
 from plunder.cli import options
@@ -88,6 +88,14 @@ def unleased_table(hosts: Iterable[PlunderHost], now: datetime) -> Table:
     return table
 
 
+def _state(host: PlunderHost) -> str:
+    """The host's state, and whether a remediation marked it unhealthy."""
+    state = (host.status.state if host.status else None) or ""
+    if UNHEALTHY_ANNOTATION in (host.metadata.annotations or {}):
+        return f"{state} (unhealthy)"
+    return state
+
+
 BAR_WIDTH = 20
 _MIB = 1024 * 1024
 
@@ -148,7 +156,7 @@ def hosts_table(hosts: Iterable[PlunderHost], now: datetime, header: bool = True
             host.metadata.name or "",
             host.spec.boot_mac_address,
             (status.vendor if status else None) or "",
-            (status.state if status else None) or "",
+            _state(host),
             consumer.name if consumer else "",
             (status.boot_firmware if status else None) or "",
             (status.ip_address if status else None) or "",

@@ -448,10 +448,11 @@ def installer_build(force: bool) -> None:
 
 def main() -> None:
     """The console script's entry point."""
-    from plunder.cli import boot, hosts, power, release
+    from plunder.cli import boot, health, hosts, power, release
 
     cli.add_command(boot.boot)
     cli.add_command(power.power)
+    cli.add_command(health.host)
     cli.add_command(release.release)
     cli.add_command(hosts.get)
     cli.add_command(hosts.describe)

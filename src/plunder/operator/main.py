@@ -10,7 +10,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import kopf
 
 # Importing the handler modules registers their handlers with kopf's default registry.
-from plunder.operator import cluster, deadline, host, machine, metrics, power, settings  # noqa: F401
+from plunder.operator import (  # noqa: F401
+    cluster,
+    deadline,
+    host,
+    machine,
+    metrics,
+    power,
+    remediation,
+    settings,
+)
 from plunder.operator.leader import (
     LeaderElector,
     LeaseTiming,

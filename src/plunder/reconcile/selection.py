@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from plunder.api.common import LabelSelector, LabelSelectorRequirement
+from plunder.api.inventory import UNHEALTHY_ANNOTATION
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class HostCandidate:
     """Seconds the last provisioning took, once it finished."""
     accepted: bool = True
     """``spec.accepted``: a host nobody accepted is never given to a machine."""
+    unhealthy: bool = False
+    """Marked unhealthy by a remediation that ran out of tries: never given to a machine until
+    a person removes the annotation."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> HostCandidate:
@@ -83,13 +87,15 @@ class HostCandidate:
             error_message=status.get("errorMessage"),
             provisioned_in=_phase_seconds(status.get("phases") or [], "provisioning"),
             accepted=bool(spec.get("accepted", False)),
+            unhealthy=UNHEALTHY_ANNOTATION in (meta.get("annotations") or {}),
         )
 
     @property
     def free(self) -> bool:
-        """Accepted, inspected, unclaimed and not going away."""
+        """Accepted, inspected, healthy, unclaimed and not going away."""
         return (
             self.accepted
+            and not self.unhealthy
             and self.state == "available"
             and self.consumer is None
             and not self.deleting
