@@ -50,7 +50,12 @@ def _provisioning(body: kopf.Body, **_: Any) -> bool:
 async def plunderhost_provisioning_deadline(
     body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
-    """Fail the host with ``ProvisioningTimeout`` once its provisioning has taken too long."""
+    """Fail the host with ``ProvisioningTimeout`` once its provisioning has taken too long.
+
+    Not while it is paused (its Cluster is being moved): the deadline is taken once it is not.
+    """
+    if host_handlers.host_paused(memo, body):
+        return
     host = PlunderHost.model_validate(dict(body))
     change = hoststate.provisioning_deadline(
         host, datetime.now(UTC), SETTINGS.provisioning_timeout_s
