@@ -155,6 +155,23 @@ def test_a_record_of_something_else_is_not_trusted(spec: dict[str, Any], named: 
     assert hoststate.controller_decision(failed, NOW).status is None
 
 
+def test_a_host_whose_record_was_not_trusted_is_not_wiped_until_a_person_says_so() -> None:
+    record = statusrecord.record(host(consumerRef=None, image=None))
+    assert record is not None
+    tampered = host(
+        None, {statusrecord.STATUS_ANNOTATION: record.replace(MAC, "00:50:56:a5:11:99")}
+    )
+    status = hoststate.controller_decision(tampered, NOW).status or {}
+    assert status["state"] == "error" and status["observedGeneration"] == 3
+    held = host(status, consumerRef=None, image=None)
+    assert hoststate.controller_decision(held, NOW).status is None  # no wipe of its own accord
+    # A spec change (a new generation) is a person's word: then it is wiped as any failed host.
+    changed = held.model_copy(
+        update={"metadata": held.metadata.model_copy(update={"generation": 4})}
+    )
+    assert (hoststate.controller_decision(changed, NOW).status or {})["state"] == "deprovisioning"
+
+
 @pytest.mark.parametrize(
     "raw",
     [

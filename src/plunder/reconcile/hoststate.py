@@ -372,6 +372,8 @@ def controller_transition(host: PlunderHost, now: datetime) -> Change:
             (PROVISION_REASON, "Plunder is provisioning again after the spec changed", "Normal"),
         )
     if state in ("provisioning", "provisioned", "error") and not has_image_work(host):
+        if _held_unrestored(host) and generation <= observed:
+            return Change()  # its disk may hold anything: wiped only once a person says so
         return Change(
             {
                 "state": "deprovisioning",
@@ -381,6 +383,15 @@ def controller_transition(host: PlunderHost, now: datetime) -> Change:
             ("Deprovisioning", f"wiping the disk ({host.spec.wipe_mode})", "Normal"),
         )
     return Change()
+
+
+def _held_unrestored(host: PlunderHost) -> bool:
+    """In ``error`` because its status record was not trusted (:func:`restore_from_record`)."""
+    return (
+        state_of(host) == "error"
+        and host.status is not None
+        and host.status.error_reason == statusrecord.NOT_RESTORED_REASON
+    )
 
 
 def bmc_discovery(host: PlunderHost) -> Change:
@@ -409,8 +420,9 @@ def restore_from_record(host: PlunderHost, now: datetime) -> Change:
     """A moved host's status, from its record (:mod:`plunder.reconcile.statusrecord`).
 
     A record that does not match the host is not trusted: the host goes to ``error`` (no power
-    action, no wipe, not given to a machine) with :data:`statusrecord.NOT_RESTORED_REASON`, and
-    a spec change retries it, as for every failure.
+    action, not given to a machine) with :data:`statusrecord.NOT_RESTORED_REASON`, and stays
+    there, not even wiped (its disk may be a provisioned server's), until a person changes its
+    spec: then it moves as any failed host does (provisioning with work, else deprovisioning).
     """
     status, problem = statusrecord.restored(host)
     if status is not None:
