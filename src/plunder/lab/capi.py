@@ -21,6 +21,10 @@ on a port chosen free on loopback.
 
 The in-cluster IPAM provider (:data:`IPAM_IN_CLUSTER`, built from ``tools/ipam``) is a manager of
 the same make, started the same way: it answers IPAddressClaims against its InClusterIPPools.
+
+Each started manager is also recorded as ``clusterctl init`` records a provider (clusterctl's
+``Provider`` inventory and its label on the CRDs: :func:`record_providers`), so ``clusterctl move``
+finds the kinds to move and checks the target's providers against the source's.
 """
 
 from __future__ import annotations
