@@ -51,6 +51,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "simple"
 MAC, FREE_MAC = "00:50:56:a5:11:20", "00:50:56:a5:11:21"
+CP = "controlplane"
 BMC_SECRET = "bmc-credentials"
 BMC = {
     # Nothing answers here: a power action the host did not need would show as a round that
@@ -93,13 +94,16 @@ def control_plane_manifest() -> str:
 
 
 class StateWatch(threading.Thread):
-    """Every state the hosts of a namespace show on a plane, in order (None: no state yet)."""
+    """Every (state, consumer) the hosts of a namespace show on a plane, in order.
+
+    None: no state yet, or no consumer.
+    """
 
     def __init__(self, kubeconfig: Path, namespace: str) -> None:
         super().__init__(daemon=True)
         self.client = k8s_client.sync_client(kubeconfig)
         self.namespace = namespace
-        self.seen: dict[str, list[str | None]] = {}
+        self.seen: dict[str, list[tuple[str | None, str | None]]] = {}
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -109,8 +113,9 @@ class StateWatch(threading.Thread):
                     raw = as_dict(body)
                     states = self.seen.setdefault(raw["metadata"]["name"], [])
                     state = (raw.get("status") or {}).get("state")
-                    if not states or states[-1] != state:
-                        states.append(state)
+                    consumer = (raw["spec"].get("consumerRef") or {}).get("name")
+                    if not states or states[-1] != (state, consumer):
+                        states.append((state, consumer))
                     if self.stopping.is_set():
                         return
 
@@ -235,8 +240,9 @@ async def test_clusterctl_move_takes_a_provisioned_cluster_and_its_hosts_along(
         before = host_of(kube, namespace)
 
         with provider_controller(target.kubeconfig, tmp_path / "b"):
-            watch = StateWatch(target.kubeconfig, namespace)
+            watch, watch_a = (StateWatch(p.kubeconfig, namespace) for p in (target, plane))
             watch.start()
+            watch_a.start()
             try:
                 out = clusterctl_move(plane.kubeconfig, target.kubeconfig, namespace, tmp_path)
 
@@ -280,8 +286,11 @@ async def test_clusterctl_move_takes_a_provisioned_cluster_and_its_hosts_along(
 
                 # Nothing was re-provisioned or power-cycled: the host went from no status
                 # (as created) to provisioned, nothing between; no power wish was done.
-                assert watch.seen["h0"] == [None, "provisioned"], watch.seen
-                assert watch.seen["h1"] == [None, "available"], watch.seen
+                assert watch.seen["h0"] == [(None, CP), ("provisioned", CP)], watch.seen
+                assert watch.seen["h1"] == [(None, None), ("available", None)], watch.seen
+                # ... and on A, until clusterctl deleted it, the host was neither released as
+                # an orphan (its PlunderMachine deleted first) nor wiped.
+                assert watch_a.seen["h0"] == [("provisioned", CP)], watch_a.seen
                 power_done = "plunder.dev/power-done"
                 assert after["metadata"]["annotations"].get(power_done) == before["metadata"][
                     "annotations"
@@ -304,6 +313,7 @@ async def test_clusterctl_move_takes_a_provisioned_cluster_and_its_hosts_along(
                 assert host_of(kube_b, namespace)["status"]["state"] == "provisioned"
             finally:
                 watch.stopping.set()
+                watch_a.stopping.set()
     assert "Deleting objects from the source cluster" in out, out
 
 
