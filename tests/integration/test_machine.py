@@ -300,3 +300,46 @@ def test_a_moved_machine_finds_its_host_again(plane: Plane, kube: Client, namesp
     assert body["spec"]["providerID"] == old["spec"]["providerID"]
     [host] = [h for h in hosts(kube, namespace) if h["metadata"]["name"] == bound]
     assert host["status"]["state"] == "provisioned", "the host was not provisioned again"
+
+
+def test_a_paused_host_is_not_released_when_its_machine_vanishes(
+    plane: Plane, kube: Client, namespace: str
+) -> None:
+    """A paused host whose PlunderMachine is gone is not taken for an orphan.
+
+    ``clusterctl move`` deletes a host's PlunderMachine before the host, on the source, and
+    creates it after the host, on the target: meanwhile the host must not be released (so
+    wiped). Its Cluster's pause reaches it through the label the claim wrote; once unpaused, a
+    real orphan is released as before.
+    """
+    create_cluster(kube, namespace)
+    create_host(kube, namespace, "h0", "00:50:56:a5:11:20")
+    with agent(plane, namespace):
+        create_machine(kube, namespace, "m0")
+        wait_for(lambda: machine_state(kube, namespace, "m0") == "Provisioned", what="provisioned")
+    [host] = hosts(kube, namespace)
+    assert host["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"] == "c1"
+    set_cluster_paused(kube, namespace, True)
+    wait_for(
+        lambda: machine_condition(machine(kube, namespace, "m0"), "Paused") == ("True", "Paused")
+    )
+    drop = {"metadata": {"finalizers": None}}
+    kube.patch(MACHINES, "m0", drop, namespace=namespace, patch_type=PatchType.MERGE)
+    kube.delete(MACHINES, "m0", namespace=namespace)
+    wait_for(lambda: machine_gone(kube, namespace, "m0"))
+
+    def touch(value: str) -> None:  # a host event, as any write of the host makes
+        note = {"metadata": {"annotations": {"test.plunder.dev/touch": value}}}
+        kube.patch(HOSTS, "h0", note, namespace=namespace, patch_type=PatchType.MERGE)
+
+    touch("paused")
+    time.sleep(3)
+    [host] = hosts(kube, namespace)
+    assert host["spec"]["consumerRef"]["name"] == "m0", "released while paused"
+    assert host["status"]["state"] == "provisioned"
+
+    set_cluster_paused(kube, namespace, False)
+    touch("unpaused")
+    wait_for(lambda: hosts(kube, namespace)[0]["spec"].get("consumerRef") is None, what="released")
+    [host] = hosts(kube, namespace)
+    assert "cluster.x-k8s.io/cluster-name" not in (host["metadata"].get("labels") or {})
