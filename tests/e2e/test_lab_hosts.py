@@ -396,7 +396,7 @@ def test_an_os_is_installed_phones_home_and_is_wiped_again(lab: RunningLab) -> N
         "the agent's log of the write",
         timeout=30,
     )
-    assert "plunder-agent: status writing Writing" in printed, printed[-3000:]
+    assert "status writing Writing" in printed, printed[-3000:]
     assert marker not in printed, "user-data reached the agent's log"
     progress = hosts_by_mac(lab)[mac]["status"]["writeProgress"]
     assert progress["imageBytes"] == (images / "debian-12.raw.lzo").stat().st_size, progress
