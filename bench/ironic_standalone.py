@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,7 +167,7 @@ class Ironic:
                 self.process.wait()
 
 
-async def _all(session: aiohttp.ClientSession, calls: list[tuple[str, str, object]]) -> None:
+async def _all(session: aiohttp.ClientSession, calls: Sequence[tuple[str, str, object]]) -> None:
     """Each (method, path, body), at most 32 at once; a 409 (node locked) is asked again."""
     slots = asyncio.Semaphore(32)
 
