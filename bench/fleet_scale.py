@@ -131,7 +131,7 @@ def wait(
     while not done():
         now = time.monotonic()
         if now - started > timeout:
-            print(f"  {size}: {what}: gave up after {timeout:.0f}s", flush=True)
+            print(f"  {size}: {count()}/{size} {what}: gave up after {timeout:.0f}s", flush=True)
             return float("nan")
         if now - shown >= 15:
             print(f"  {size}: {now - started:.0f}s {count()}/{size} {what}", flush=True)
@@ -189,6 +189,12 @@ def one_size(
             since=began,
         )
         progress.stopping.set()
+        if result.up_s != result.up_s:
+            result.notes.append(
+                f"up stalled: {len(progress.provisioned)}/{size} provisioned after {timeout:.0f}s "
+                f"(hosts {fleet.count('available', claimed=True)} claimed and available, "
+                f"{fleet.count('provisioning')} provisioning)"
+            )
         down_began = time.monotonic()
         with ThreadPoolExecutor(WORKERS) as pool:
             list(
@@ -205,6 +211,9 @@ def one_size(
             since=down_began,
         )
         ended = time.monotonic()
+        if result.down_s != result.down_s:
+            free = fleet.count("available", claimed=False)
+            result.notes.append(f"down stalled: {free}/{size} released after {timeout:.0f}s")
         after = requests_served(plane)
         ours = 4 * size + 2 + 2  # 3 creates + 1 delete a machine; the progress watch and list,
         # the fleet's watch and list (the /metrics reads are not counted by the API server)

@@ -184,9 +184,12 @@ async def _all(session: aiohttp.ClientSession, calls: Sequence[tuple[str, str, o
     await asyncio.gather(*(one(*call) for call in calls))
 
 
-async def _until(session: aiohttp.ClientSession, state: str, size: int) -> None:
-    """Until every node is in ``state`` (a paged list of them a second)."""
-    while True:
+async def _until(
+    session: aiohttp.ClientSession, state: str, size: int, timeout: float = 3600.0
+) -> None:
+    """Until every node is in ``state`` (a paged list of them a second); raise after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         nodes = await _nodes(session)
         failed = [n for n in nodes if n.get("last_error")]
         if failed:
@@ -194,6 +197,7 @@ async def _until(session: aiohttp.ClientSession, state: str, size: int) -> None:
         if sum(1 for n in nodes if n["provision_state"] == state) == size:
             return
         await asyncio.sleep(1.0)
+    raise RuntimeError(f"Ironic: not every node {state} within {timeout:.0f}s")
 
 
 async def _nodes(session: aiohttp.ClientSession) -> list[dict[str, Any]]:
@@ -211,6 +215,13 @@ async def _nodes(session: aiohttp.ClientSession) -> list[dict[str, Any]]:
         params["marker"] = body["nodes"][-1]["uuid"]
 
 
+def _shown(size: int, what: str, began: float) -> float:
+    """Seconds since ``began``, printed (a long run shows each phase as it ends)."""
+    took = time.monotonic() - began
+    print(f"  {size}: Ironic: all {what} after {took:.1f}s", flush=True)
+    return took
+
+
 async def _run(url: str, size: int) -> Phases:
     phases = Phases(size)
     names = [f"node{i:05d}" for i in range(size)]
@@ -223,7 +234,7 @@ async def _run(url: str, size: int) -> Phases:
         ]
         await _all(session, enroll)
         await _until(session, "enroll", size)
-        phases.enroll_s = time.monotonic() - began
+        phases.enroll_s = _shown(size, "enrolled", began)
 
         def moves(target: str) -> list[tuple[str, str, object]]:
             return [("PUT", f"/v1/nodes/{n}/states/provision", {"target": target}) for n in names]
@@ -233,7 +244,7 @@ async def _run(url: str, size: int) -> Phases:
         await _until(session, "manageable", size)
         await _all(session, moves("provide"))
         await _until(session, "available", size)
-        phases.available_s = time.monotonic() - began
+        phases.available_s = _shown(size, "available", began)
 
         info = [
             {"op": "add", "path": f"/instance_info/{key}", "value": value}
@@ -243,12 +254,12 @@ async def _run(url: str, size: int) -> Phases:
         await _all(session, [("PATCH", f"/v1/nodes/{n}", info) for n in names])
         await _all(session, moves("active"))
         await _until(session, "active", size)
-        phases.deploy_s = time.monotonic() - began
+        phases.deploy_s = _shown(size, "active", began)
 
         began = time.monotonic()
         await _all(session, moves("deleted"))
         await _until(session, "available", size)
-        phases.undeploy_s = time.monotonic() - began
+        phases.undeploy_s = _shown(size, "available again", began)
     return phases
 
 
