@@ -148,11 +148,10 @@ class Ironic:
         raise RuntimeError(f"Ironic did not answer; see {self.folder / 'ironic.out'}")
 
     def pids(self) -> list[int]:
-        """The master process and its children."""
+        """The master process and its children (forked from any of its threads)."""
         assert self.process is not None
         found = [self.process.pid]
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        if children.exists():
+        for children in Path(f"/proc/{self.process.pid}/task").glob("*/children"):
             found += [int(pid) for pid in children.read_text().split()]
         return found
 
