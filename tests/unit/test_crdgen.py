@@ -11,7 +11,6 @@ import yaml
 
 from plunder.api import crdgen
 from plunder.api.base import Resource
-from plunder.api.inventory import PlunderHost
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "config" / "crd" / "bases"
@@ -60,12 +59,6 @@ def test_infrastructure_kinds_carry_the_contract_labels() -> None:
             assert labels["cluster.x-k8s.io/v1beta2"] == "v1alpha1"
         else:
             assert "cluster.x-k8s.io/provider" not in labels
-        # clusterctl move moves only labelled kinds; hosts move with all they own (as Metal3's).
-        assert labels["clusterctl.cluster.x-k8s.io"] == ""
-        if kind is PlunderHost:
-            assert labels["clusterctl.cluster.x-k8s.io/move-hierarchy"] == ""
-        else:
-            assert "clusterctl.cluster.x-k8s.io/move-hierarchy" not in labels
 
 
 def test_printer_columns_are_what_a_person_asked_for() -> None:

@@ -20,13 +20,6 @@ INVENTORY_GROUP = "metal.plunder.dev"
 VERSION = "v1alpha1"
 PROVIDER_LABEL = "cluster.x-k8s.io/provider"
 PROVIDER_NAME = "infrastructure-plunder"
-CLUSTERCTL_LABEL = "clusterctl.cluster.x-k8s.io"
-"""On every CRD of a provider (``clusterctl init`` adds it): ``clusterctl move`` moves only the
-kinds whose CRD carries it."""
-MOVE_LABEL = "clusterctl.cluster.x-k8s.io/move"
-"""On a CRD or an object: ``clusterctl move`` moves it though nothing owns it (a BMC Secret)."""
-MOVE_HIERARCHY_LABEL = "clusterctl.cluster.x-k8s.io/move-hierarchy"
-"""On a CRD: ``clusterctl move`` moves its objects and everything they own (as Metal3's hosts)."""
 CLUSTER_NAME_LABEL = "cluster.x-k8s.io/cluster-name"
 
 MAC_PATTERN = rules.MAC

@@ -19,7 +19,6 @@ from plunder.api import rules
 from plunder.api.base import KubeModel, PrinterColumn, Resource, ResourceInfo, cel, validations
 from plunder.api.common import (
     CLUSTER_NAME_LABEL,
-    CLUSTERCTL_LABEL,
     INFRASTRUCTURE_GROUP,
     MAC_PATTERN,
     PROVIDER_LABEL,
@@ -42,7 +41,6 @@ from plunder.api.rules import Enforce, Rule
 
 CONTRACT_LABELS = {
     PROVIDER_LABEL: PROVIDER_NAME,
-    CLUSTERCTL_LABEL: "",  # without it `clusterctl move` leaves these kinds behind
     # Cluster API finds the API version that serves each contract through these labels.
     "cluster.x-k8s.io/v1beta1": VERSION,
     "cluster.x-k8s.io/v1beta2": VERSION,

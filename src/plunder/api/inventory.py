@@ -16,9 +16,7 @@ from pydantic import ConfigDict, Field
 from plunder.api import rules
 from plunder.api.base import KubeModel, PrinterColumn, Resource, ResourceInfo, cel, validations
 from plunder.api.common import (
-    CLUSTERCTL_LABEL,
     INVENTORY_GROUP,
-    MOVE_HIERARCHY_LABEL,
     VERSION,
     Condition,
     DeploymentType,
@@ -269,9 +267,6 @@ class PlunderHost(Resource):
         plural="plunderhosts",
         short_names=("plh",),
         categories=("plunder",),
-        # clusterctl moves the inventory with its clusters: every host of the namespace and
-        # what it owns (Metal3's BareMetalHost CRD carries the same two labels).
-        labels={CLUSTERCTL_LABEL: "", MOVE_HIERARCHY_LABEL: ""},
         printer_columns=(
             PrinterColumn("MAC", ".spec.bootMACAddress", description="Boot MAC address"),
             PrinterColumn("Vendor", ".status.vendor", description="NIC vendor (IEEE OUI)"),

@@ -32,7 +32,7 @@ import re
 import secrets
 
 from plunder.api.inventory import PlunderHost
-from plunder.reconcile import hoststate, statusrecord
+from plunder.reconcile import hoststate
 
 _CYCLE_SEPARATOR = "."
 
@@ -142,8 +142,6 @@ def refuse_lookup(host: PlunderHost, silent_for: float, silence: float) -> str |
             service knows: since it started, if it has not heard from it).
         silence: How long a holder must be silent before its token may be replaced.
     """
-    if statusrecord.awaiting_restore(host):
-        return "the host was moved here and its status is not restored yet"
     if current_boot_id(host) is None:
         return None
     state = hoststate.state_of(host)

@@ -29,7 +29,6 @@ import bcrypt
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
-from plunder.api.common import MOVE_LABEL
 from plunder.api.inventory import PlunderHost
 from plunder.boot import macs
 from plunder.k8s import client as k8s_client
@@ -286,11 +285,7 @@ def start_lab_bmcs(
     client = k8s_client.sync_client(kubeconfig, field_manager="plunder-lab")
     client.apply(
         Secret(
-            # Moved by `clusterctl move` with the hosts that name it (nothing owns it: it is
-            # shared).
-            metadata=ObjectMeta(
-                name=CREDENTIALS_SECRET, namespace="default", labels={MOVE_LABEL: ""}
-            ),
+            metadata=ObjectMeta(name=CREDENTIALS_SECRET, namespace="default"),
             stringData={
                 "username": USERNAME,
                 "password": password,

@@ -21,10 +21,6 @@ on a port chosen free on loopback.
 
 The in-cluster IPAM provider (:data:`IPAM_IN_CLUSTER`, built from ``tools/ipam``) is a manager of
 the same make, started the same way: it answers IPAddressClaims against its InClusterIPPools.
-
-Each started manager is also recorded as ``clusterctl init`` records a provider (clusterctl's
-``Provider`` inventory and its label on the CRDs: :func:`record_providers`), so ``clusterctl move``
-finds the kinds to move and checks the target's providers against the source's.
 """
 
 from __future__ import annotations
@@ -37,15 +33,11 @@ from typing import Any
 
 import yaml
 from lightkube import Client
-from lightkube.generic_resource import create_namespaced_resource
-from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.admissionregistration_v1 import (
     MutatingWebhookConfiguration,
     ValidatingWebhookConfiguration,
 )
-from lightkube.resources.core_v1 import Namespace
 
-import plunder
 from plunder.images import binaries
 from plunder.k8s import crds
 from plunder.lab import processes
@@ -53,11 +45,6 @@ from plunder.lab.pki import PlanePKI, issue_serving_certificate
 
 log = logging.getLogger(__name__)
 
-CLUSTERCTL_LABEL = "clusterctl.cluster.x-k8s.io"
-"""What ``clusterctl init`` puts on every object of a provider it installs."""
-INVENTORY_CRD = "cmd/clusterctl/config/manifest/clusterctl-api.yaml"
-"""clusterctl's own CRD (its ``Provider`` kind), in the Cluster API module."""
-INVENTORY_GROUP, INVENTORY_VERSION = "clusterctl.cluster.x-k8s.io", "v1alpha3"
 FEATURE_GATES = "ClusterTopology=true"
 """ClusterClass (managed topologies) is still behind this gate in v1.14."""
 
@@ -78,44 +65,6 @@ class ClusterAPIManager:
     """Its ``--feature-gates`` (None: it has no such flag)."""
     sync_period: str | None = None
     """Its ``--sync-period`` (None: its default, 10 minutes)."""
-    provider: InventoryProvider | None = None
-    """How ``clusterctl init`` records it in the inventory."""
-
-
-@dataclass(frozen=True)
-class InventoryProvider:
-    """One of clusterctl's ``Provider`` objects: what ``clusterctl init`` records of a provider.
-
-    ``clusterctl move`` reads this inventory on both planes (every provider of the source must be
-    on the target, at the same version or newer).
-    """
-
-    name: str
-    """The provider's name, as ``clusterctl init --infrastructure <name>`` spells it."""
-    type: str
-    """CoreProvider, BootstrapProvider, ControlPlaneProvider, InfrastructureProvider, ..."""
-    namespace: str
-    """The namespace its release installs it into (the inventory entry lives there)."""
-    version: str = ""
-    """Its version; empty: the pinned Go module's (for Cluster API's own providers)."""
-
-    @property
-    def manifest_label(self) -> str:
-        """Its ``cluster.x-k8s.io/provider`` label: ``<type prefix>-<name>``, ``cluster-api``."""
-        prefixes = {
-            "CoreProvider": "",
-            "BootstrapProvider": "bootstrap-",
-            "ControlPlaneProvider": "control-plane-",
-            "InfrastructureProvider": "infrastructure-",
-            "IPAMProvider": "ipam-",
-        }
-        return f"{prefixes[self.type]}{self.name}"
-
-
-PLUNDER = InventoryProvider(
-    "plunder", "InfrastructureProvider", "plunder-system", f"v{plunder.__version__}"
-)
-"""This provider, as ``clusterctl init --infrastructure plunder`` records it."""
 
 
 CORE_SYNC_PERIOD = "1m"
@@ -126,26 +75,10 @@ the first nodeRef is therefore set by a resync, not by the Node's event (10 minu
 seen here: the Node Ready at 20:11:30, its Machine still without a nodeRef at 20:19)."""
 
 MANAGERS = (
+    ClusterAPIManager("capi-manager", "core", "capi-", sync_period=CORE_SYNC_PERIOD),
+    ClusterAPIManager("kubeadm-bootstrap-manager", "bootstrap/kubeadm", "capi-kubeadm-bootstrap-"),
     ClusterAPIManager(
-        "capi-manager",
-        "core",
-        "capi-",
-        sync_period=CORE_SYNC_PERIOD,
-        provider=InventoryProvider("cluster-api", "CoreProvider", "capi-system"),
-    ),
-    ClusterAPIManager(
-        "kubeadm-bootstrap-manager",
-        "bootstrap/kubeadm",
-        "capi-kubeadm-bootstrap-",
-        provider=InventoryProvider("kubeadm", "BootstrapProvider", "capi-kubeadm-bootstrap-system"),
-    ),
-    ClusterAPIManager(
-        "kubeadm-control-plane-manager",
-        "controlplane/kubeadm",
-        "capi-kubeadm-control-plane-",
-        provider=InventoryProvider(
-            "kubeadm", "ControlPlaneProvider", "capi-kubeadm-control-plane-system"
-        ),
+        "kubeadm-control-plane-manager", "controlplane/kubeadm", "capi-kubeadm-control-plane-"
     ),
 )
 PROGRAMS = tuple(manager.program for manager in MANAGERS)
@@ -156,7 +89,6 @@ IPAM_IN_CLUSTER = ClusterAPIManager(
     "capi-ipam-in-cluster-",
     health_flag="--health-probe-bind-address",
     feature_gates=None,
-    provider=InventoryProvider("in-cluster", "IPAMProvider", "capi-ipam-in-cluster-system"),
 )
 """The in-cluster IPAM provider: InClusterIPPool and GlobalInClusterIPPool, at module root."""
 
@@ -239,10 +171,9 @@ def release_labels(manager: ClusterAPIManager, module_root: Path) -> dict[str, s
 
     ``config/crd`` adds the contract labels (``cluster.x-k8s.io/v1beta2: v1beta2``), without
     which Cluster API cannot tell which version of a referenced kind serves a contract;
-    ``config/default`` adds the provider label that clusterctl looks for; ``clusterctl init``
-    adds :data:`CLUSTERCTL_LABEL`, without which ``clusterctl move`` moves none of the kinds.
+    ``config/default`` adds the provider label that clusterctl looks for.
     """
-    labels: dict[str, str] = {CLUSTERCTL_LABEL: ""}
+    labels: dict[str, str] = {}
     for layer in ("crd", "default"):
         kustomization = module_root / manager.component / "config" / layer / "kustomization.yaml"
         layout = yaml.safe_load(kustomization.read_text())
@@ -335,7 +266,6 @@ def start_cluster_api(
     except BaseException:
         ClusterAPIControllers(tuple(started)).stop()
         raise
-    record_providers(client, [m.provider for m in managers if m.provider is not None])
     log.info(
         "Cluster API controllers running: %s",
         ", ".join(f"{r.manager.program} (pid {r.process.pid})" for r in started),
@@ -352,52 +282,3 @@ def start_ipam_in_cluster(
     """
     crds.install_crd_files(client, binaries.ipam_in_cluster_crd_files())
     return start_cluster_api(client, kubeconfig, pki, run_dir, (IPAM_IN_CLUSTER,))
-
-
-Provider = create_namespaced_resource(INVENTORY_GROUP, INVENTORY_VERSION, "Provider", "providers")
-
-
-def inventory_object(provider: InventoryProvider) -> dict[str, Any]:
-    """The ``Provider`` object ``clusterctl init`` writes for ``provider``."""
-    return {
-        "apiVersion": f"{INVENTORY_GROUP}/{INVENTORY_VERSION}",
-        "kind": "Provider",
-        "metadata": {
-            "name": provider.manifest_label,
-            "namespace": provider.namespace,
-            "labels": {
-                CLUSTERCTL_LABEL: "",
-                "clusterctl.cluster.x-k8s.io/core": "inventory",
-                "cluster.x-k8s.io/provider": provider.manifest_label,
-            },
-        },
-        "providerName": provider.name,
-        "type": provider.type,
-        "version": provider.version or cluster_api_version(),
-    }
-
-
-def cluster_api_version() -> str:
-    """The pinned Cluster API release (the managers' and clusterctl's)."""
-    program = binaries.PROGRAMS["capi-manager"]
-    return binaries.pinned_versions(binaries.tools_dir(program.tools) / "go.mod")[program.module]
-
-
-def record_providers(client: Client, providers: list[InventoryProvider]) -> None:
-    """Write clusterctl's inventory of ``providers``, as ``clusterctl init`` does.
-
-    The lab runs the providers as processes on the host, not as the Deployments of their
-    release components (a plane without nodes cannot run those, and clusterctl init waits for
-    them and for cert-manager), so it cannot run ``clusterctl init`` itself; it writes what that
-    leaves behind for ``clusterctl move`` and ``upgrade`` to read: clusterctl's CRD and one
-    ``Provider`` per provider, in the provider's namespace.
-    """
-    program = binaries.PROGRAMS["capi-manager"]
-    root = binaries.module_dir(program.module, program.tools)
-    crd = yaml.safe_load((root / INVENTORY_CRD).read_text())
-    crds.wait_established(client, crds.apply_crds(client, [crd]))
-    for provider in providers:
-        namespace = Namespace(metadata=ObjectMeta(name=provider.namespace))
-        client.apply(namespace, field_manager="plunder-lab", force=True)
-        made = Provider.from_dict(inventory_object(provider))
-        client.apply(made, field_manager="plunder-lab", force=True)

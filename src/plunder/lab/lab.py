@@ -181,8 +181,6 @@ def up(lab_dir: Path, options: LabOptions) -> LabInfo:
             controller,
             timeout=60,
         )
-        # clusterctl's inventory, as `clusterctl init` would leave it (see capi.record_providers).
-        capi.record_providers(client, [capi.PLUNDER])
         boot_url, names = (
             (None, []) if not options.hosts else _start_hosts(lab_dir, options, plane.kubeconfig)
         )

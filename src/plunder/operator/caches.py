@@ -15,13 +15,11 @@ from typing import Any
 
 import kopf
 
-from plunder.api.common import CLUSTER_NAME_LABEL
 from plunder.api.infrastructure import PlunderCluster, PlunderMachine
 from plunder.api.inventory import PlunderHost
 from plunder.k8s import capi
 from plunder.operator import kopf_startup
 from plunder.reconcile import machine as decide
-from plunder.reconcile import pause
 from plunder.reconcile.selection import HostCandidate
 
 # The indexes below hold thousands of objects: kopf's wait for them must stay linear.
@@ -130,12 +128,3 @@ class Caches:
         facts, infrastructure = found
         label = first(self.plunderclusters, (namespace, infrastructure)) if infrastructure else None
         return decide.ClusterFacts(facts.paused, facts.infrastructure_provisioned, label)
-
-    def host_paused(self, body: Mapping[str, Any]) -> bool:
-        """Whether the host is paused, or claimed for a Cluster that is paused or not here."""
-        meta = body.get("metadata") or {}
-        cluster_name = (meta.get("labels") or {}).get(CLUSTER_NAME_LABEL)
-        facts = self.cluster(meta.get("namespace"), cluster_name) if cluster_name else None
-        return pause.host_paused(
-            meta.get("annotations") or {}, cluster_name, facts.paused if facts else None
-        )

@@ -57,12 +57,7 @@ def _waiting_on_the_host(body: kopf.Body, **_: Any) -> bool:
 async def plunderhost_deadline(
     body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
-    """Fail a host whose provisioning took too long; power-cycle again one whose wipe did.
-
-    Not while it is paused (its Cluster is being moved): the deadline is taken once it is not.
-    """
-    if host_handlers.host_paused(memo, body):
-        return
+    """Fail a host whose provisioning took too long; power-cycle again one whose wipe did."""
     host = PlunderHost.model_validate(dict(body))
     now = datetime.now(UTC)
     if hoststate.state_of(host) == "provisioning":

@@ -29,7 +29,7 @@ from plunder.api.inventory import PlunderHost
 from plunder.k8s.client import async_client
 from plunder.k8s.resources import resource_for
 from plunder.operator import slots as slot_gate
-from plunder.reconcile import hoststate, slots, statusrecord
+from plunder.reconcile import hoststate, slots
 
 _INFO = PlunderHost.info
 log = logging.getLogger(__name__)
@@ -77,50 +77,16 @@ async def plunderhost_event(
         gate.kick()
         return
     await move_host(dict(body), memo, logger)
-    await write_record(memo.client, PlunderHost.model_validate(dict(body)))
     if (body.get("status") or {}).get("state") not in slots.SLOT_STATES:
         gate.kick()
 
 
-def host_paused(memo: kopf.Memo, body: Mapping[str, Any]) -> bool:
-    """Whether the host or its Cluster is paused (False until the machine controller runs)."""
-    machines = getattr(memo, "machines", None)
-    return bool(machines is not None and machines.caches.host_paused(body))
-
-
-async def write_record(client: AsyncClient, host: PlunderHost) -> None:
-    """Keep the host's status record (:mod:`plunder.reconcile.statusrecord`) up to date.
-
-    The controller is its only writer (a merge of one annotation key): on each event it writes
-    the record of the status it sees, if the annotation holds another. A host without a state
-    has no record to write, so a moved host's record is never overwritten before it is restored.
-    """
-    wanted = statusrecord.record_due(host)
-    if wanted is None:
-        return
-    try:
-        await client.patch(
-            resource_for(PlunderHost),
-            host.metadata.name or "",
-            {"metadata": {"annotations": {statusrecord.STATUS_ANNOTATION: wanted}}},
-            namespace=host.metadata.namespace,
-            patch_type=PatchType.MERGE,
-        )
-    except ApiError as error:
-        if error.status.code != 404:
-            raise
-
-
 async def move_host(body: Mapping[str, Any], memo: kopf.Memo, logger: kopf.Logger) -> None:
-    """Decide the host's move and write it; a move into a slot state takes a slot first.
-
-    A paused host (by annotation, or its Cluster: ``clusterctl move``) is not moved, but a
-    moved one is restored from its status record.
-    """
+    """Decide the host's move and write it; a move into a slot state takes a slot first."""
     gate: slot_gate.ProvisioningSlots = memo.slots
     host = PlunderHost.model_validate(dict(body))
     namespace, name = host.metadata.namespace or "", host.metadata.name or ""
-    change = hoststate.controller_decision(host, datetime.now(UTC), host_paused(memo, body))
+    change = hoststate.controller_decision(host, datetime.now(UTC))
     if change.status is None:
         gate.stop_waiting(namespace, name)
         return

@@ -213,9 +213,7 @@ async def plunderhost_wakes_machines(
     """A host changed: wake its machine, or the machines waiting for one if it is free.
 
     A host claimed by a PlunderMachine that no longer exists (its deletion won the race with a
-    claim in flight) is given back, unless the host is paused: during ``clusterctl move`` a
-    host is without its machine on both sides for a while (deleted from the source first,
-    created on the target last), and giving it back would wipe a provisioned server.
+    claim in flight) is given back.
     """
     controller: MachineController = memo.machines
     wakeups = controller.wakeups
@@ -226,11 +224,7 @@ async def plunderhost_wakes_machines(
     consumer = host.consumer
     if consumer is not None and consumer.kind == "PlunderMachine":
         key = (consumer.namespace, consumer.name)
-        if (
-            type != "DELETED"
-            and controller.caches.plundermachine(key) is None
-            and not controller.caches.host_paused(body)
-        ):
+        if type != "DELETED" and controller.caches.plundermachine(key) is None:
             await release_orphan(memo.client, host, consumer)
         wakeups.wake(key)
     elif host.free:
@@ -415,13 +409,7 @@ class MachineReconciler:
                 written = await self.client.patch(
                     resource_for(PlunderHost),
                     host.name,
-                    {
-                        "metadata": {
-                            "resourceVersion": host.resource_version,
-                            "labels": decide.host_labels(machine, owner),
-                        },
-                        "spec": work,
-                    },
+                    {"metadata": {"resourceVersion": host.resource_version}, "spec": work},
                     namespace=host.namespace,
                     patch_type=PatchType.MERGE,
                 )

@@ -176,13 +176,7 @@ async def release_host(client: AsyncClient, host: HostCandidate, consumer: Consu
         await client.patch(
             resource_for(PlunderHost),
             host.name,
-            {
-                "metadata": {
-                    "resourceVersion": host.resource_version,
-                    "labels": decide.RELEASE_LABELS,
-                },
-                "spec": decide.RELEASE,
-            },
+            {"metadata": {"resourceVersion": host.resource_version}, "spec": decide.RELEASE},
             namespace=host.namespace,
             patch_type=PatchType.MERGE,
         )

@@ -56,7 +56,6 @@ from lightkube.types import PatchType
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.resources import as_dict, resource_for
 from plunder.operator.caches import first, without_managed_fields
-from plunder.operator.host import host_paused
 from plunder.operator.settings import PREFIX
 from plunder.operator.workqueue import WorkQueue
 from plunder.power import base, registry
@@ -281,23 +280,22 @@ async def _write_outcome(
 
 
 async def power_step(
-    client: AsyncClient, host: PlunderHost, marked: str | None = None, paused: bool = False
+    client: AsyncClient, host: PlunderHost, marked: str | None = None
 ) -> base.PowerError | None:
     """Do one round for ``host`` and record it; the fault, if any.
 
     ``marked`` is the mark this loop wrote last for the host, which the cached copy may not show
-    yet: a wish with that mark is done already. A ``paused`` host (its Cluster paused: a
-    ``clusterctl move``) only has its power read: its wish and any ask to reboot wait.
+    yet: a wish with that mark is done already.
     """
     present = host.metadata.annotations or {}
-    wish = None if paused else hoststate.power_due(host, done_mark(host))
+    wish = hoststate.power_due(host, done_mark(host))
     if wish is not None and wish.mark == marked:
         wish = None
     # What the round does is what it records as done: the wish comes before an ask to reboot.
     answered: dict[str, str | None] = {DONE_ANNOTATION: wish.mark} if wish is not None else {}
     if ACTION_ANNOTATION in present:
         answered[ACTION_ANNOTATION] = None
-    reboot_asked = present.get(REBOOT_ANNOTATION) if wish is None and not paused else None
+    reboot_asked = present.get(REBOOT_ANNOTATION) if wish is None else None
     try:
         settings = await read_settings(client, host)
         driver = registry.driver_for(settings)
@@ -415,11 +413,10 @@ class PowerController:
         if body is None or memory is None:
             return None
         host = PlunderHost.model_validate(body)
-        paused = host_paused(self.memo, body)
-        wish = None if paused else hoststate.power_due(host, done_mark(host))
+        wish = hoststate.power_due(host, done_mark(host))
         memory.stepping = True
         try:
-            fault = await power_step(self.memo.client, host, memory.marked, paused)
+            fault = await power_step(self.memo.client, host, memory.marked)
         finally:
             memory.stepping = False
         if fault is None:

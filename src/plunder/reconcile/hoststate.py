@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from plunder.api.inventory import HardwareDetails, PlunderHost
-from plunder.reconcile import conditions, statusrecord
+from plunder.reconcile import conditions
 
 Status = dict[str, Any]
 EventSpec = tuple[str, str, Literal["Normal", "Warning"]]
@@ -402,8 +402,6 @@ def controller_transition(host: PlunderHost, now: datetime) -> Change:
             (PROVISION_REASON, "Plunder is provisioning again after the spec changed", "Normal"),
         )
     if state in ("provisioning", "provisioned", "error") and not has_image_work(host):
-        if _held_unrestored(host) and generation <= observed:
-            return Change()  # its disk may hold anything: wiped only once a person says so
         return Change(
             {
                 "state": "deprovisioning",
@@ -413,15 +411,6 @@ def controller_transition(host: PlunderHost, now: datetime) -> Change:
             ("Deprovisioning", f"wiping the disk ({host.spec.wipe_mode})", "Normal"),
         )
     return Change()
-
-
-def _held_unrestored(host: PlunderHost) -> bool:
-    """In ``error`` because its status record was not trusted (:func:`restore_from_record`)."""
-    return (
-        state_of(host) == "error"
-        and host.status is not None
-        and host.status.error_reason == statusrecord.NOT_RESTORED_REASON
-    )
 
 
 def bmc_discovery(host: PlunderHost) -> Change:
@@ -446,50 +435,8 @@ def bmc_discovery(host: PlunderHost) -> Change:
     )
 
 
-def restore_from_record(host: PlunderHost, now: datetime) -> Change:
-    """A moved host's status, from its record (:mod:`plunder.reconcile.statusrecord`).
-
-    A record that does not match the host is not trusted: the host goes to ``error`` (no power
-    action, not given to a machine) with :data:`statusrecord.NOT_RESTORED_REASON`, and stays
-    there, not even wiped (its disk may be a provisioned server's), until a person changes its
-    spec: then it moves as any failed host does (provisioning with work, else deprovisioning).
-    """
-    status, problem = statusrecord.restored(host)
-    if status is not None:
-        return Change(
-            status,
-            (
-                "StatusRestored",
-                f"status restored from the {statusrecord.STATUS_ANNOTATION} annotation "
-                f"(moved by clusterctl): {status['state']}",
-                "Normal",
-            ),
-        )
-    message = f"{problem}; check the host and its spec, then change the spec to retry"
-    return Change(
-        {
-            "state": "error",
-            "errorReason": statusrecord.NOT_RESTORED_REASON,
-            "errorMessage": message,
-            "observedGeneration": host.metadata.generation or 0,
-            "conditions": provisioned_condition(
-                host, "False", statusrecord.NOT_RESTORED_REASON, message, now
-            ),
-        },
-        (statusrecord.NOT_RESTORED_REASON, message, "Warning"),
-    )
-
-
-def controller_decision(host: PlunderHost, now: datetime, paused: bool = False) -> Change:
-    """The controller's move of the host (its BMC follows from the state: :func:`power_wish`).
-
-    A moved host is restored first, paused or not (the restore only writes down what the host
-    already is); a paused host is not moved.
-    """
-    if statusrecord.awaiting_restore(host):
-        return restore_from_record(host, now)
-    if paused:
-        return Change()
+def controller_decision(host: PlunderHost, now: datetime) -> Change:
+    """The controller's move of the host (its BMC follows from the state: :func:`power_wish`)."""
     change = controller_transition(host, now)
     if change.status is None:
         return bmc_discovery(host)
@@ -531,10 +478,9 @@ def power_wish(host: PlunderHost) -> PowerWish | None:
     Provisioning: the host is usually parked in the agent, which takes the work without a
     reboot, so it is only powered on (into the agent) if it is off. Deprovisioning: the host runs
     its installed OS, so it is power-cycled into the agent to be wiped. A host created with only
-    a BMC and never seen by the boot service is powered on into the agent to be inspected; a
-    host moved here without its status (its record not yet restored) is not.
+    a BMC and never seen by the boot service is powered on into the agent to be inspected.
     """
-    if host.spec.bmc is None or statusrecord.awaiting_restore(host):
+    if host.spec.bmc is None:
         return None
     state = state_of(host)
     if state == "provisioning":

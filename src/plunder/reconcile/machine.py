@@ -212,18 +212,6 @@ def host_work(
     }
 
 
-def host_labels(machine: PlunderMachine, owner: OwnerMachine) -> dict[str, str | None]:
-    """The labels the claim puts on the host: its Cluster's name.
-
-    So the Cluster's pause (which ``clusterctl move`` sets) reaches the host even while its
-    machine is not there.
-    """
-    return {CLUSTER_NAME_LABEL: cluster_name(machine, owner)}
-
-
-RELEASE_LABELS: dict[str, str | None] = {CLUSTER_NAME_LABEL: None}
-"""The labels the release takes off the host."""
-
 RELEASE: dict[str, Any] = {
     "consumerRef": None,
     "image": None,

@@ -24,7 +24,7 @@ from plunder.boot.backend.base import BootFacts
 from plunder.boot.macs import host_name
 from plunder.boot.vendors import vendor_of
 from plunder.k8s.resources import as_dict, resource_for
-from plunder.reconcile import statusmerge, statusrecord
+from plunder.reconcile import statusmerge
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +69,14 @@ def seen_status(facts: BootFacts, host: PlunderHost) -> dict[str, Any]:
     """The status fields refreshed when a known host asks again.
 
     A host without a state was created by someone else (an operator or the lab, with its BMC)
-    or by a discovery that stopped between create and status: its first boot finishes the job;
-    unless it has a status record (moved by ``clusterctl move``): the controller restores it.
+    or by a discovery that stopped between create and status: its first boot finishes the job.
     """
     status: dict[str, Any] = {"lastSeen": _timestamp(facts.seen)}
     if facts.ip:
         status["ipAddress"] = facts.ip
     if facts.firmware:
         status["bootFirmware"] = facts.firmware
-    if not (host.status and host.status.state) and not statusrecord.awaiting_restore(host):
+    if not (host.status and host.status.state):
         status = discovery_status(facts) | status
     if host.status and host.status.first_seen:
         status.pop("firstSeen", None)

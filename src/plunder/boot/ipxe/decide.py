@@ -8,7 +8,7 @@ from plunder.api.inventory import PlunderHost
 from plunder.boot.installer import boot as installer
 from plunder.boot.installer.target import install_target
 from plunder.boot.ipxe.scripts import BootDecision
-from plunder.reconcile import hoststate, statusrecord
+from plunder.reconcile import hoststate
 
 AGENT_KERNEL = "agent/vmlinuz"
 AGENT_INITRD = "agent/initrd.img"
@@ -63,8 +63,6 @@ def decide(
     )
     if host is None:
         return agent if agent_available else BootDecision("park", "discovered; waiting for work")
-    if statusrecord.awaiting_restore(host):
-        return BootDecision("park", "moved here; waiting for its status to be restored")
     state = hoststate.state_of(host)
     if state == "provisioned" or (state == "provisioning" and image_written(host)):
         return BootDecision(
