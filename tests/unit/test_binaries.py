@@ -31,3 +31,34 @@ def test_a_cached_binary_is_not_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_pat
     target.write_text("#!/bin/sh\n")
     monkeypatch.setenv("PATH", "")  # no go on PATH: a build attempt would fail
     assert binaries.ensure_binary("etcd") == target
+
+
+def test_programs_of_one_module_and_flags_are_built_in_one_go_build() -> None:
+    batches = binaries.build_batches(tuple(binaries.PROGRAMS))
+    assert sorted(name for batch in batches for name in batch) == sorted(binaries.PROGRAMS)
+    kubernetes = next(batch for batch in batches if "kube-apiserver" in batch)
+    assert set(kubernetes) == {
+        "kube-apiserver",
+        "kubectl",
+        "kubeadm",
+        "kubelet",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kube-proxy",
+    }
+    assert ("etcd",) in batches  # its own module, no version flags shared with anyone
+    assert ("runc",) in batches  # cgo: never mixed with the static builds
+
+
+def test_programs_whose_executables_share_a_name_are_never_in_one_batch() -> None:
+    # Cluster API's bootstrap and control-plane managers are both packages named kubeadm.
+    assert binaries.executable_name("kubeadm-bootstrap-manager") == "kubeadm"
+    assert binaries.executable_name("kubeadm-control-plane-manager") == "kubeadm"
+    for batch in binaries.build_batches(tuple(binaries.PROGRAMS)):
+        names = [binaries.executable_name(name) for name in batch]
+        assert len(names) == len(set(names)), batch
+
+
+def test_a_major_version_suffix_is_not_the_executables_name() -> None:
+    assert binaries.executable_name("etcd") == "server"  # go.etcd.io/etcd/server/v3
+    assert binaries.executable_name("containerd-shim-runc-v2") == "containerd-shim-runc-v2"

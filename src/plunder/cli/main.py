@@ -372,13 +372,15 @@ def lab_build(build_all: bool) -> None:
     """Build (once) what the lab runs, into the version-keyed caches."""
     from plunder.images import binaries
 
-    names = tuple(binaries.PROGRAMS) if build_all else binaries.PLANE_PROGRAMS
-    for name, path in binaries.ensure_binaries(names).items():
+    if build_all:
+        from plunder.images.everything import build_everything
+
+        built = build_everything()
+    else:
+        built = binaries.ensure_binaries(binaries.PLANE_PROGRAMS)
+    for name, path in built.items():
         console.print(f"{name}: {path}")
     if build_all:
-        from plunder.lab.lab import build_boot_files
-
-        build_boot_files()
         console.print("agent, OS and node images, installer: built")
 
 

@@ -17,10 +17,12 @@ building it never moves the versions the others are built from.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,39 +226,101 @@ def binary_path(name: str, versions: dict[str, str] | None = None) -> Path:
 
 def ensure_binary(name: str) -> Path:
     """Return the cached program, building it first if it is missing."""
-    versions = program_versions(name)
-    target = binary_path(name, versions)
-    if target.exists():
-        return target
-    program = PROGRAMS[name]
-    version = versions[program.module]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    flags = ["-s", "-w", *(f"-X {var}={version}" for var in program.version_ldflags)]
-    if program.cgo:
-        flags.append("-extldflags=-static")
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    log.info("building %s %s from the Go module proxy (once; cached as %s)", name, version, target)
-    argv = ["go", "build", "-trimpath", f"-ldflags={' '.join(flags)}"]
-    if program.tags:
-        argv.append(f"-tags={','.join(program.tags)}")
-    result = subprocess.run(
-        [*argv, "-o", str(partial), program.package],
-        cwd=tools_dir(program.tools),
-        env={**os.environ, "CGO_ENABLED": "1" if program.cgo else "0"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise BuildError(f"go build {program.package} failed:\n{result.stderr[-4000:]}")
-    partial.rename(target)  # atomic: a concurrent builder never sees half a binary
-    return target
+    return ensure_binaries((name,))[name]
 
 
 def ensure_binaries(names: tuple[str, ...] = PLANE_PROGRAMS) -> dict[str, Path]:
-    """Build (once) and return several programs."""
-    return {name: ensure_binary(name) for name in names}
+    """Build (once) and return several programs.
+
+    The missing ones are built in batches (:func:`build_batches`): one ``go build`` per module
+    and set of flags, which loads the module's package graph once and links its programs side
+    by side. A cache-wide lock makes a second builder (another thread, or another ``plunderctl``
+    at once) wait for the first and then find the programs built, instead of building them too.
+    """
+    wanted = {name: binary_path(name) for name in names}
+    if all(path.exists() for path in wanted.values()):
+        return wanted
+    folder = cache_dir() / "bin"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        missing = tuple(name for name, path in wanted.items() if not path.exists())
+        for batch in build_batches(missing):
+            _build(batch)
+    return wanted
+
+
+def build_batches(names: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Group programs that one ``go build`` can make: same module folder, flags and version.
+
+    Programs whose executables would have the same file name (Cluster API's two ``kubeadm``
+    managers) go into different batches, since ``go build -o DIR/`` names each by its package.
+    """
+    batches: dict[tuple[object, ...], list[list[str]]] = {}
+    for name in names:
+        program = PROGRAMS[name]
+        version = program_versions(name)[program.module]
+        key = (program.tools, program.cgo, program.tags, program.version_ldflags, version)
+        groups = batches.setdefault(key, [])
+        for group in groups:
+            if all(executable_name(other) != executable_name(name) for other in group):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return [tuple(group) for groups in batches.values() for group in groups]
+
+
+def executable_name(name: str) -> str:
+    """The file ``go build -o DIR/`` writes for program ``name``: its package's last element.
+
+    A major-version suffix (``/v3``) is skipped, as the go command does.
+    """
+    elements = PROGRAMS[name].package.split("/")
+    if re.fullmatch(r"v[0-9]+", elements[-1]) and len(elements) > 1:
+        return elements[-2]
+    return elements[-1]
+
+
+def _build(batch: tuple[str, ...]) -> None:
+    """One ``go build`` for ``batch`` (:func:`build_batches`), each result renamed into place."""
+    program = PROGRAMS[batch[0]]
+    version = program_versions(batch[0])[program.module]
+    targets = {name: binary_path(name) for name in batch}
+    flags = ["-s", "-w", *(f"-X {var}={version}" for var in program.version_ldflags)]
+    if program.cgo:
+        flags.append("-extldflags=-static")
+    out = cache_dir() / "bin" / f".build-{os.getpid()}-{executable_name(batch[0])}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    log.info(
+        "building %s %s from the Go module proxy (once; cached in %s)",
+        ", ".join(batch),
+        version,
+        out.parent,
+    )
+    argv = ["go", "build", "-trimpath", f"-ldflags={' '.join(flags)}"]
+    if program.tags:
+        argv.append(f"-tags={','.join(program.tags)}")
+    try:
+        result = subprocess.run(
+            [*argv, "-o", f"{out}/", *(PROGRAMS[name].package for name in batch)],
+            cwd=tools_dir(program.tools),
+            env={**os.environ, "CGO_ENABLED": "1" if program.cgo else "0"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            packages = " ".join(PROGRAMS[name].package for name in batch)
+            raise BuildError(f"go build {packages} failed:\n{result.stderr[-4000:]}")
+        for name, target in targets.items():
+            built = out / executable_name(name)
+            if not built.is_file():
+                raise BuildError(f"go build left no {built.name} for {name} in {out}")
+            built.rename(target)  # atomic: a concurrent reader never sees half a binary
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def link_dir(binaries: dict[str, Path]) -> Path:

@@ -461,9 +461,11 @@ def node_recipe() -> osimage.Recipe:
 
 
 def build_node_image(force: bool = False) -> osimage.OSImage:
-    """Return the cached node image, building it (and the Go programs it needs) first."""
-    built = binaries.ensure_binaries(node_programs())
-    log.info("node image: %d programs ready", len(built))
+    """Return the cached node image, building it (and the Go programs it needs) first.
+
+    The programs are asked for only once Debian's base is in place (:func:`install_kubernetes`),
+    so a build beside the Go builds (:mod:`plunder.images.everything`) lays that base meanwhile.
+    """
     return osimage.build_os_image(force=force, recipe=node_recipe())
 
 

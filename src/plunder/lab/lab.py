@@ -277,15 +277,6 @@ def publish_boot_files(files: Path) -> None:
     publish_installer(files)
 
 
-def build_boot_files() -> None:
-    """Build (once) all :func:`publish_boot_files` serves, into the version-keyed caches."""
-    build_agent()
-    build_disk_boot()
-    build_os_image()
-    build_node_image()
-    build_debian_installer()
-
-
 def publish_agent(files: Path) -> None:
     """Build (once) the agent and serve it as files/agent/{vmlinuz,initrd.img}."""
     agent = build_agent()
