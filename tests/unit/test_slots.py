@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from plunder.api.infrastructure import PlunderMachine
+from plunder.api.inventory import PlunderHost
 from plunder.reconcile import machine as decide
 from plunder.reconcile import slots
 from plunder.reconcile.selection import HostCandidate
@@ -74,6 +76,59 @@ def test_a_limit_below_one_is_refused_with_the_reason() -> None:
     assert slots.validate_limit(1) == 1
     with pytest.raises(ValueError, match="at least 1"):
         slots.validate_limit(0)
+
+
+NOW = datetime(2026, 12, 6, 23, 0, tzinfo=UTC)
+IMAGE = {"url": "http://172.31.99.1:8080/files/os.raw.gz", "checksum": "a" * 64}
+
+
+def _copy(version: str, state: str = "available", **spec: Any) -> PlunderHost:
+    """A copy of host ``ns/a`` as read at ``version``: available with an image to install."""
+    return PlunderHost.model_validate(
+        {
+            "metadata": {"name": "a", "namespace": "ns", "resourceVersion": version},
+            "spec": {"bootMACAddress": "00:50:56:a5:11:01", **({"image": IMAGE} | spec)},
+            "status": {"state": state, "lastSeen": f"2026-12-06T22:5{version}:00Z"},
+        }
+    )
+
+
+def test_a_turn_grants_the_move_decided_on_the_fresh_copy_not_the_one_that_asked() -> None:
+    # ns/a asked at version 1; while it waited its turn its lastSeen was written (version 4)
+    turn = slots.decide_turn(_copy("4"), {"ns/x": "2"}, {"ns/x"}, 2, NOW)
+    assert turn.granted and turn.decision is not None
+    assert turn.host is not None and turn.host.metadata.resource_version == "4"
+    assert turn.decision.ledger == {"ns/x": "2", "ns/a": "4"}  # the version the move is guarded by
+    assert turn.change.status is not None and turn.change.status["state"] == "provisioning"
+    assert turn.change.status["phases"] == [
+        {"name": "provisioning", "started": "2026-12-06T23:00:00.000Z"}
+    ]
+
+
+def test_a_turn_refused_names_no_entry_for_the_host() -> None:
+    turn = slots.decide_turn(_copy("4"), {"ns/x": "2"}, {"ns/x", "ns/y"}, 2, NOW)
+    assert not turn.granted and turn.decision is not None
+    assert turn.decision.ledger == {"ns/x": "2"}
+    assert turn.decision.message == "2 of 2 provisioning slots in use; waiting"
+
+
+def test_a_turn_whose_fresh_copy_needs_no_slot_any_more_writes_no_ledger() -> None:
+    # the work was taken away while it waited: nothing to do, and no slot taken
+    idle = slots.decide_turn(_copy("5", image=None), {}, set(), 1, NOW)
+    assert idle.decision is None and idle.change.status is None
+    # another process moved it meanwhile: no second move, no slot
+    moved = slots.decide_turn(_copy("6", state="provisioning"), {}, set(), 1, NOW)
+    assert moved.decision is None and moved.change.status is None
+    # deleted meanwhile
+    gone = slots.decide_turn(None, {}, set(), 1, NOW)
+    assert gone.host is None and not gone.granted
+
+
+def test_a_turn_keeps_the_slot_a_host_holds_and_names_its_new_version() -> None:
+    # its earlier grant's move was refused (409): the entry is its own, so it is granted again
+    turn = slots.decide_turn(_copy("7"), {"ns/a": "3", "ns/x": "2"}, {"ns/x"}, 2, NOW)
+    assert turn.granted and turn.decision is not None
+    assert turn.decision.ledger == {"ns/a": "7", "ns/x": "2"}
 
 
 def _host(state: str) -> HostCandidate:

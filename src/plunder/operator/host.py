@@ -8,7 +8,10 @@ must do follows from the new state, and the power loop (:mod:`plunder.operator.p
 
 A move into ``provisioning`` or ``deprovisioning`` first takes one of the provisioning slots
 (:mod:`plunder.operator.slots`); without one the host stays where it is and waits, and is decided
-again when a slot frees.
+again when a slot frees. A granted move is the one decided on the copy the slot gate read at the
+host's turn, guarded by that copy's resourceVersion, not the event's copy, which may have gone
+stale while the request waited its turn. A waiting host's own events only refresh the copy it
+waits with: the gate's wake task alone decides waiters, oldest first.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ async def open_client(memo: kopf.Memo, **kwargs: Any) -> None:
     memo.client = async_client(field_manager="plunder-controller")
 
     async def retry(body: Mapping[str, Any]) -> None:
-        await move_host(body, memo, log)
+        await move_host(body, memo, log, woken=True)
 
     def wake_machine(key: tuple[str, str]) -> None:
         machines = getattr(memo, "machines", None)  # the machine controller, once it runs
@@ -81,8 +84,13 @@ async def plunderhost_event(
         gate.kick()
 
 
-async def move_host(body: Mapping[str, Any], memo: kopf.Memo, logger: kopf.Logger) -> None:
-    """Decide the host's move and write it; a move into a slot state takes a slot first."""
+async def move_host(
+    body: Mapping[str, Any], memo: kopf.Memo, logger: kopf.Logger, *, woken: bool = False
+) -> None:
+    """Decide the host's move and write it; a move into a slot state takes a slot first.
+
+    ``woken``: the slot gate's wake task decides a waiting host (its own events do not).
+    """
     gate: slot_gate.ProvisioningSlots = memo.slots
     host = PlunderHost.model_validate(dict(body))
     namespace, name = host.metadata.namespace or "", host.metadata.name or ""
@@ -90,14 +98,27 @@ async def move_host(body: Mapping[str, Any], memo: kopf.Memo, logger: kopf.Logge
     if change.status is None:
         gate.stop_waiting(namespace, name)
         return
-    if slots.takes_slot(hoststate.state_of(host), change.status.get("state")):
-        decision = await gate.request(host)
-        if decision is None or not decision.granted:
-            gate.wait(body, decision)
+    status = change.status
+    if slots.takes_slot(hoststate.state_of(host), status.get("state")):
+        if not woken and gate.refresh(body):
+            return
+        answer = await gate.request(host)
+        if answer is None:
+            gate.wait(body, None)
+            return
+        turn = answer.turn
+        if answer.body is None or turn.host is None:  # gone meanwhile
+            gate.stop_waiting(namespace, name)
+            return
+        if not turn.granted:
+            gate.wait(answer.body, turn.decision)
             return
         gate.stop_waiting(namespace, name)
+        if turn.change.status is None:  # the fresh copy needs no move (any more)
+            return
+        body, host, change, status = answer.body, turn.host, turn.change, turn.change.status
     client: AsyncClient = memo.client
-    if not await write_status(client, host, change.status, logger):
+    if not await write_status(client, host, status, logger):
         return
     if change.event is not None:
         reason, message, kind = change.event
@@ -106,7 +127,7 @@ async def move_host(body: Mapping[str, Any], memo: kopf.Memo, logger: kopf.Logge
         "host %s: %s → %s",
         host.spec.boot_mac_address,
         hoststate.state_of(host),
-        change.status.get("state"),
+        status.get("state"),
     )
 
 

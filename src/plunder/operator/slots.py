@@ -6,20 +6,31 @@ the hosts that wait for a slot, and wakes them when one frees. Grants of this pr
 serialized by a lock (a grant is two quick API calls); grants of another process (a replica
 that still thinks it leads) are kept apart by the ledger's resourceVersion.
 
-Nothing polls: a waiting host is decided again when a host event shows a host outside the slot
-states (one that may have just left one) or a host deleted. The waiters are memory only, and
-need not be more: after a restart, kopf's first listing sends every host's event, and each host
-that still needs a slot asks again.
+A request waits for the lock behind every other, which at a thousand hosts is longer than the
+30 s in which a parked agent's ``lastSeen`` changes its host. So when its turn comes the host is
+read again, and its move decided (:func:`plunder.reconcile.slots.decide_turn`), granted and
+written on that fresh copy: only a change that lands while the ledger is written voids the move.
+Decided on the event's copy, it failed with a 409 Conflict and asked again, forever (issue #14).
+
+Nothing polls: the waiters are decided again, oldest first and only by the wake task, when a
+host event shows a host outside the slot states (one that may have just left one) or a host
+deleted. A waiter's own events (its ``lastSeen``, say) only refresh the copy it waits with: it
+keeps its place, and is not decided again by them (that would put a thousand heartbeats in the
+lock's queue, each one behind all the others). The waiters are memory only, and need not be
+more: after a restart, kopf's first listing sends every host's event, and each host that still
+needs a slot asks again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import httpx2
@@ -63,13 +74,22 @@ class Waiter:
     """A host that waits for a slot."""
 
     body: Mapping[str, Any]
-    """Its latest copy, decided again when a slot frees."""
+    """Its latest copy (refreshed by its events), decided again when a slot frees."""
     decision: slots.Decision | None
     """The refusal: how many slots were in use (None: not decided yet, the API in trouble)."""
     consumer: Key | None
     """The PlunderMachine that claimed it, if any (a released host has none)."""
     since: float
     """When it began waiting (monotonic): the first to wait is woken first."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer to a request: the turn decided on a fresh copy, and that copy's raw body."""
+
+    turn: slots.Turn
+    body: Mapping[str, Any] | None
+    """The fresh copy's raw body (None: the host is gone)."""
 
 
 def consumer_of(body: Mapping[str, Any]) -> Key | None:
@@ -177,16 +197,23 @@ class ProvisioningSlots:
             raise
         return True
 
-    async def _confirmed_free(self, key: str, decided_on: str) -> bool:
-        """Whether the API (not a cache that may lag) shows that an entry's slot is free."""
+    async def _read_host(self, key: str) -> Mapping[str, Any] | None:
+        """The host as the API shows it now (None: it is gone)."""
         namespace, _, name = key.partition("/")
         try:
-            body = await self.client.get(resource_for(PlunderHost), name, namespace=namespace)
+            found = await self.client.get(resource_for(PlunderHost), name, namespace=namespace)
         except ApiError as error:
             if error.status.code == 404:
-                return True
+                return None
             raise
-        fresh = HostCandidate.from_body(as_dict(body))
+        return as_dict(found)
+
+    async def _confirmed_free(self, key: str, decided_on: str) -> bool:
+        """Whether the API (not a cache that may lag) shows that an entry's slot is free."""
+        body = await self._read_host(key)
+        if body is None:
+            return True
+        fresh = HostCandidate.from_body(body)
         return not slots.holds_slot(decided_on, slots.HostView(fresh.state, fresh.resource_version))
 
     async def _live(self, ledger: slots.Ledger) -> slots.Ledger:
@@ -199,22 +226,34 @@ class ProvisioningSlots:
                 live[key] = decided_on
         return live
 
-    async def request(self, host: PlunderHost) -> slots.Decision | None:
-        """Ask for a slot for ``host``'s move, decided on this copy of it.
+    async def request(self, host: PlunderHost) -> Answer | None:
+        """Ask for a slot for ``host``'s move; at its turn, the move is decided on a fresh copy.
+
+        The copy ``host`` names which host asks; its move, the ledger entry and the guard of the
+        move are those of the copy read when the lock is held (read after the ledger, so that
+        only the ledger's write lies between that read and the move's).
 
         None: it could not be decided (the API server in trouble, or the ledger changing under
         every try); the waiters are decided again after :data:`TROUBLE_RETRY` seconds.
         """
         key = slots.host_key(host.metadata.namespace or "", host.metadata.name or "")
-        decided_on = host.metadata.resource_version or ""
         async with self._lock:
             try:
                 for _ in range(_GRANT_ATTEMPTS):
                     ledger, read_at = await self._read_ledger()
                     live = await self._live(ledger)
-                    decision = slots.decide(live, self.busy(), key, decided_on, self.limit)
-                    if not decision.granted or await self._write_ledger(decision.ledger, read_at):
-                        return decision
+                    body = await self._read_host(key)
+                    fresh = None if body is None else PlunderHost.model_validate(body)
+                    turn = slots.decide_turn(
+                        fresh, live, self.busy(), self.limit, datetime.now(UTC)
+                    )
+                    decision = turn.decision
+                    if (
+                        decision is None
+                        or not decision.granted
+                        or await self._write_ledger(decision.ledger, read_at)
+                    ):
+                        return Answer(turn, body)
                 problem = "the ledger kept changing"
             except ApiError as error:
                 problem = f"{error.status.code} {error.status.message}"
@@ -250,6 +289,25 @@ class ProvisioningSlots:
             log.info("host %s waits for a slot: %s", key, decision.message)
         if consumer is not None and (before is None or before.decision != decision):
             self.wake_machine(consumer)
+
+    def refresh(self, body: Mapping[str, Any]) -> bool:
+        """Whether ``body``'s host waits; if so, it now waits with this copy, in the same place.
+
+        A waiter's own events (a heartbeat, a condition) are no new request: only the wake task
+        decides waiters, oldest first, and its request reads the host afresh anyway.
+        """
+        meta = body.get("metadata") or {}
+        key = slots.host_key(meta.get("namespace", ""), meta.get("name", ""))
+        waiter = self.waiting.get(key)
+        if waiter is None:
+            return False
+        consumer = consumer_of(body)
+        self.waiting[key] = dataclasses.replace(waiter, body=body, consumer=consumer)
+        if consumer != waiter.consumer and waiter.decision is not None:
+            for machine in (waiter.consumer, consumer):
+                if machine is not None:
+                    self.wake_machine(machine)
+        return True
 
     def stop_waiting(self, namespace: str, name: str) -> None:
         """The host no longer waits (it got its slot, or no longer needs one, or is gone)."""

@@ -21,6 +21,12 @@ bookkeeping on release:
 - otherwise the host changed in between (the guarded move then failed) or it went through its
   move and left the slot state: the slot is free, and the entry is dropped at the next grant.
 
+A grant is decided on a copy of the host read at the moment of the grant (:func:`decide_turn`),
+not on the copy of the event that asked: with many hosts asking, a request waits its turn longer
+than a parked agent's ``lastSeen`` heartbeat (30 s), and a move decided on the event's copy was
+then refused with a 409 Conflict every time (issue #14: 42 of 1,000 machines after 300 s). On a
+fresh copy a concurrent change can void the move only while the ledger is written.
+
 A cache may lag, so an entry that looks free in the cache is confirmed against the API (the host
 read again) before it is dropped. Hosts in a slot state that the ledger does not name (moved by
 an older controller) count too. Nothing is counted in memory: a restarted controller reads the
@@ -32,6 +38,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+
+from plunder.api.inventory import PlunderHost
+from plunder.reconcile import hoststate
 
 SLOT_STATES = frozenset({"provisioning", "deprovisioning"})
 """Host states that hold a slot."""
@@ -118,6 +128,55 @@ def decide(
         return Decision(False, held, len(others), limit)
     held[key] = decided_on
     return Decision(True, held, len(others) + 1, limit)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A host's turn at the ledger: its move decided again on a fresh copy, and the answer."""
+
+    host: PlunderHost | None
+    """The copy read at the turn, the one the move is decided on and guarded by (None: gone)."""
+    change: hoststate.Change
+    """The controller's move of that copy (none, if the host is gone or needs none any more)."""
+    decision: Decision | None
+    """The slot's answer; None: the move takes no slot (any more), the ledger is not written."""
+
+    @property
+    def granted(self) -> bool:
+        """Whether the move may be written now (a slot granted, or none needed)."""
+        return self.host is not None and (self.decision is None or self.decision.granted)
+
+
+def decide_turn(
+    fresh: PlunderHost | None,
+    ledger: Mapping[str, str],
+    busy: Iterable[str],
+    limit: int,
+    now: datetime,
+) -> Turn:
+    """Decide a host's move on ``fresh``, its copy read at its turn, and grant it a slot or not.
+
+    The copy the host asked with may be long stale by its turn (its ``lastSeen`` written since,
+    its work taken away, its move made by another process): the move, and the resourceVersion the
+    ledger entry names and the move is guarded by, are those of ``fresh``.
+
+    Args:
+        fresh: The host as the API shows it now (None: it is gone).
+        ledger: The live entries (those that still hold a slot).
+        busy: Keys of the hosts in a slot state (the cache's view).
+        limit: The number of slots (at least 1).
+        now: When the move is decided (the time its phase starts).
+    """
+    if fresh is None:
+        return Turn(None, hoststate.Change(), None)
+    change = hoststate.controller_decision(fresh, now)
+    target = change.status.get("state") if change.status else None
+    if not takes_slot(hoststate.state_of(fresh), target):
+        return Turn(fresh, change, None)
+    key = host_key(fresh.metadata.namespace or "", fresh.metadata.name or "")
+    return Turn(
+        fresh, change, decide(ledger, busy, key, fresh.metadata.resource_version or "", limit)
+    )
 
 
 def in_use(ledger: Mapping[str, str], busy: Iterable[str]) -> int:
