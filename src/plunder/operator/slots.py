@@ -3,7 +3,7 @@
 The decisions are :mod:`plunder.reconcile.slots`; this module reads and writes the ledger (a
 ConfigMap in the controller's namespace, written with the resourceVersion it was read at), keeps
 the hosts that wait for a slot, and wakes them when one frees. Grants of this process are
-serialized by a lock (a grant is two quick API calls); grants of another process (a replica
+serialized by a lock (a grant is three quick API calls); grants of another process (a replica
 that still thinks it leads) are kept apart by the ledger's resourceVersion.
 
 A request waits for the lock behind every other, which at a thousand hosts is longer than the
