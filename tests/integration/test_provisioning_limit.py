@@ -5,15 +5,19 @@ watch of the namespace's hosts records, event by event, how many hosts are provi
 deprovisioning: the most ever seen must be 2 (and not less: the slots are used). The machines
 that wait say so (condition, Event, metric), the controller is killed with SIGKILL while they
 wait and started again, and every machine still ends provisioned, then wiped, within the limit.
-Two controllers without leader election, deciding on the same hosts at once, keep it too.
+Two controllers without leader election, deciding on the same hosts at once, keep it too. The
+waiting hosts' heartbeats (the ``lastSeen`` a parked agent's polls make the boot service write)
+only refresh the copies they wait with: they ask the ledger nothing (issue #14).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import threading
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +26,7 @@ from pathlib import Path
 import pytest
 from lightkube import Client
 from lightkube.resources.core_v1 import Event
+from lightkube.types import PatchType
 
 from plunder.api.inventory import PlunderHost
 from plunder.k8s import client as k8s_client
@@ -254,4 +259,94 @@ def test_two_controllers_never_both_slip_past_the_limit(fleet: Fleet) -> None:
             timeout=120,
             what="all five provisioned by two controllers",
         )
+    assert watch.most == LIMIT, f"{watch.most} hosts were provisioning at once"
+
+
+class Heartbeats(threading.Thread):
+    """Every parked (``available``) host's ``lastSeen``, written as the boot service writes it.
+
+    A merge of that one field, without a guard, every ``interval`` seconds: what a parked agent's
+    work polls make the boot service write (every 30 s in a real fleet; faster here).
+    """
+
+    def __init__(self, plane: Plane, namespace: str, interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.client = k8s_client.sync_client(plane.kubeconfig)
+        self.namespace = namespace
+        self.interval = interval
+        self.written: Counter[str] = Counter()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            with contextlib.suppress(Exception):  # a dropped request: the next beat writes
+                for body in self.client.list(HOSTS, namespace=self.namespace):
+                    host = PlunderHost.model_validate(as_dict(body))
+                    if hoststate.state_of(host) != "available":
+                        continue
+                    seen = datetime.now(UTC).isoformat(timespec="milliseconds")
+                    self.client.patch(
+                        HOSTS.Status,
+                        host.metadata.name or "",
+                        {"status": {"lastSeen": seen.replace("+00:00", "Z")}},
+                        namespace=self.namespace,
+                        patch_type=PatchType.MERGE,
+                    )
+                    self.written[host.metadata.name or ""] += 1
+
+
+_REQUESTS = re.compile(r"^apiserver_request_total\{([^}]*)\} (\S+)$", re.MULTILINE)
+
+
+def configmap_reads(plane: Plane) -> int:
+    """The GETs of ConfigMaps the API server has answered so far (the ledger's reads, here)."""
+    with urllib.request.urlopen(  # noqa: S310 - the plane's own loopback URL
+        f"{plane.server}/metrics", timeout=10, context=plane.ssl_context()
+    ) as answer:
+        text = answer.read().decode()
+    return sum(
+        int(float(value))
+        for labels, value in _REQUESTS.findall(text)
+        if 'verb="GET"' in labels and 'resource="configmaps"' in labels
+    )
+
+
+def test_the_heartbeats_of_waiting_hosts_ask_the_ledger_nothing(fleet: Fleet) -> None:
+    """Before, each heartbeat of a waiting host queued one more grant request (issue #14)."""
+    plane, kube, namespace, watch, tmp_path = fleet.parts()
+    beats = Heartbeats(plane, namespace)
+    try:
+        with (
+            agent(plane, namespace, install_seconds=(0.5, 1.0)) as hosts,
+            controller(plane, namespace, tmp_path / "controller.log"),
+        ):
+            hosts.holding.set()
+            for name in NAMES:
+                create_machine(kube, namespace, name)
+            wait_for(lambda: watch.busy() == LIMIT, what="two hosts provisioning")
+            wait_for(lambda: len(waiting(kube, namespace)) == 3, what="three machines waiting")
+            parked = [name for name, state in watch.states.items() if state == "available"]
+            assert len(parked) == 3, watch.states
+
+            before = configmap_reads(plane)
+            beats.start()
+            wait_for(
+                lambda: min(beats.written[name] for name in parked) >= 10,
+                what="ten heartbeats of each waiting host",
+            )
+            reads = configmap_reads(plane) - before
+            heartbeats = sum(beats.written[name] for name in parked)
+            assert reads <= 2, f"{reads} ledger reads for {heartbeats} heartbeats of waiting hosts"
+
+            hosts.release_held()  # the waiters, their copies refreshed, still get their turns
+            wait_for(
+                lambda: all(machine_state(kube, namespace, n) == "Provisioned" for n in NAMES),
+                timeout=120,
+                what="all five provisioned",
+            )
+            for name in NAMES:  # one Event each: a heartbeat is no new wait
+                announced = [r for _, r, _ in events_of(kube, namespace, name)]
+                assert announced.count(slots.WAITING_REASON) <= 1, (name, announced)
+    finally:
+        beats.stopping.set()
     assert watch.most == LIMIT, f"{watch.most} hosts were provisioning at once"

@@ -88,7 +88,7 @@ class FakeAPI:
 def _raw(name: str, state: str, version: str) -> dict[str, Any]:
     """A host with an image to install (available: its move takes a slot)."""
     return {
-        "apiVersion": "infrastructure.plunder.dev/v1alpha1",
+        "apiVersion": "metal.plunder.dev/v1alpha1",
         "kind": "PlunderHost",
         "metadata": {
             "name": name,
