@@ -28,7 +28,7 @@ typecheck:
 	$(PY)/mypy
 
 test: setup lint typecheck install-check
-	$(PY)/pytest -ra
+	$(PY)/pytest -ra --durations=25
 
 # What the code imports, the package declares: install it (not editable) into a throwaway venv
 # without the dev extra and import every module but the lab's; then add the lab extra (what

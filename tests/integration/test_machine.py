@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 from lightkube import Client
+from lightkube.core.exceptions import ApiError
 from lightkube.types import PatchType
 
 from plunder.api.inventory import PlunderHost
@@ -182,21 +183,35 @@ def test_a_machine_whose_host_failed_keeps_its_finalizer_until_the_host_is_wiped
         return PlunderHost.model_validate(hosts(kube, namespace)[0])
 
     def report(fields: dict[str, str], state: str) -> None:
-        """The agent's report, once the host is in ``state`` (guarded, as the boot service)."""
-        wait_for(lambda: hoststate.state_of(host()) == state, what=f"host {state}")
-        current = host()
-        change = hoststate.agent_progress(current, fields, datetime.now(UTC))
-        assert change.status is not None
-        kube.patch(
-            HOSTS.Status,
-            "h0",
-            {
-                "metadata": {"resourceVersion": current.metadata.resource_version},
-                "status": change.status,
-            },
-            namespace=namespace,
-            patch_type=PatchType.MERGE,
-        )
+        """The agent's report, once the host is in ``state``.
+
+        Guarded by the resourceVersion it was decided on and, as the boot service does, decided
+        and asked again on a 409 (the controller wrote the host in between).
+        """
+
+        def reported() -> bool:
+            wait_for(lambda: hoststate.state_of(host()) == state, what=f"host {state}")
+            current = host()
+            change = hoststate.agent_progress(current, fields, datetime.now(UTC))
+            assert change.status is not None
+            try:
+                kube.patch(
+                    HOSTS.Status,
+                    "h0",
+                    {
+                        "metadata": {"resourceVersion": current.metadata.resource_version},
+                        "status": change.status,
+                    },
+                    namespace=namespace,
+                    patch_type=PatchType.MERGE,
+                )
+            except ApiError as error:
+                if error.status.code == 409:
+                    return False
+                raise
+            return True
+
+        wait_for(reported, what=f"{fields['reason']} reported")
 
     report({"phase": "failed", "reason": "ChecksumMismatch", "message": "bad"}, "provisioning")
     kube.delete(MACHINES, "m0", namespace=namespace)
