@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -248,3 +249,26 @@ def test_a_second_seed_replaces_the_first_and_can_drop_network_config(
     meta = _debugfs(small_disk, f"cat {osimage.SEED_DIR}/meta-data").stdout
     assert meta == "instance-id: i-2\n"
     assert "network-config" not in _debugfs(small_disk, f"ls {osimage.SEED_DIR}").stdout
+
+
+def test_a_new_build_prunes_all_but_the_newest_two_versions_of_its_flavour(tmp_path: Path) -> None:
+    def built(stem: str, age: int) -> Path:
+        raw = tmp_path / f"{stem}.raw"
+        artifacts = (raw, osimage.compressed_path(raw), osimage.lzop_path(raw))
+        for artifact in artifacts:
+            for path in (artifact, osimage.checksum_path(artifact)):
+                path.write_text(stem)
+                os.utime(path, (1_000_000 - age, 1_000_000 - age))
+        return raw
+
+    oldest = built("debian-12-kubernetes-v1.36.3-1-aaaaaaaaaa", age=300)
+    older = built("debian-12-kubernetes-v1.36.3-1-bbbbbbbbbb", age=200)
+    newest = built("debian-12-kubernetes-v1.36.3-1-cccccccccc", age=100)
+    other_flavour = built("debian-12-cloudinit-6", age=900)
+
+    osimage.prune_images(tmp_path, "debian-12-kubernetes")
+
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert not [name for name in left if name.startswith(oldest.stem)]
+    for kept in (older, newest, other_flavour):
+        assert len([name for name in left if name.startswith(kept.stem)]) == 6  # 3 files + sums

@@ -453,7 +453,8 @@ def node_image_version() -> str:
 def node_recipe() -> osimage.Recipe:
     """The OS image recipe of the node flavour."""
     return osimage.Recipe(
-        name=f"debian-12-kubernetes-{node_image_version()}",
+        family="debian-12-kubernetes",
+        version=node_image_version(),
         packages=NODE_PACKAGES,
         customise=install_kubernetes,
         phone_home_early=True,

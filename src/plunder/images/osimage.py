@@ -649,21 +649,37 @@ class Recipe:
     """One flavour of the image: what debootstrap installs, and what is added to the tree.
 
     Attributes:
-        name: The cached file's stem; it carries the flavour's version.
+        family: The flavour's name; its built versions share it (older ones are pruned).
+        version: The recipe's version: a change of the recipe must change it.
         packages: What debootstrap installs on top of ``minbase``.
         customise: Called with the configured tree and the scratch folder, before the kernel
             modules are pruned (the node image installs Kubernetes here).
         phone_home_early: See :func:`cloud_init_config`.
     """
 
-    name: str
+    family: str
+    version: str
     packages: tuple[str, ...] = PACKAGES
     customise: Callable[[Path, Path], None] | None = None
     phone_home_early: bool = False
 
+    @property
+    def name(self) -> str:
+        """The cached file's stem."""
+        return f"{self.family}-{self.version}"
 
-BASE_RECIPE = Recipe(f"debian-12-cloudinit-{IMAGE_VERSION}")
+
+BASE_RECIPE = Recipe("debian-12-cloudinit", IMAGE_VERSION)
 """The plain Debian 12 + cloud-init image."""
+
+IMAGES_KEPT = 2
+"""Built versions of one flavour the cache keeps: the newest and the one before it.
+
+Each node image is 1.3 GB raw plus 0.8 GB compressed, and every change of its recipe is a new
+version, so without a bound the cache grows by 2 GB a change. The one before is kept because
+two checkouts (branches) may use both in turn; a running lab serves hard links, which deleting
+the cache's names does not break.
+"""
 
 
 def build_os_image(force: bool = False, recipe: Recipe = BASE_RECIPE) -> OSImage:
@@ -690,7 +706,24 @@ def build_os_image(force: bool = False, recipe: Recipe = BASE_RECIPE) -> OSImage
             with _workspace(target.parent) as workspace:
                 _build_into(workspace, target, recipe)
             log.info("built %s in %.1f s", target.name, time.monotonic() - started)
+            prune_images(target.parent, recipe.family)
         return load_os_image(target)
+
+
+def older_images(folder: Path, family: str, keep: int = IMAGES_KEPT) -> list[Path]:
+    """The raw images of ``family`` in ``folder`` beyond the ``keep`` newest ones."""
+    built = [path for path in folder.glob(f"{family}-*.raw") if path.is_file()]
+    built.sort(key=lambda path: path.stat().st_mtime, reverse=True)
+    return built[keep:]
+
+
+def prune_images(folder: Path, family: str, keep: int = IMAGES_KEPT) -> None:
+    """Delete every artifact (raw, gzip, lzop and their checksums) of the older images."""
+    for image in older_images(folder, family, keep):
+        for artifact in (image, compressed_path(image), lzop_path(image)):
+            checksum_path(artifact).unlink(missing_ok=True)
+            artifact.unlink(missing_ok=True)
+        log.info("deleted %s and its compressed copies: %d newer ones are kept", image.name, keep)
 
 
 def load_os_image(path: Path) -> OSImage:
