@@ -96,7 +96,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             response = await handler(request)
         except web.HTTPException as error:
-            response = error
+            response = web.Response(status=error.status, text=error.text)
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     return response
