@@ -205,7 +205,9 @@ def test_cluster_view_puts_machines_on_one_clock_and_marks_the_slowest() -> None
         for s in row["timeline"]["segments"]
         if s.get("slowest")
     }
-    assert slowest == {("cp", "boot"), ("w", "write"), ("w", "phone-home")}
+    # w wrote 175 s against cp's 60 s, phoned home after 100 s against 30 s: both stand out;
+    # cp's 10 s to the write against w's 5 s does not (5 s longer is no news).
+    assert slowest == {("w", "write"), ("w", "phone-home")}
     assert view["started"] == T0.isoformat()
 
 
@@ -218,3 +220,16 @@ def test_a_machine_without_a_host_has_no_timeline() -> None:
     assert shaping.clusters([cluster], [machine]) == [
         {"namespace": "ns", "name": "c1", "phase": "", "paused": False, "machines": 1}
     ]
+
+
+def test_only_a_machine_that_stands_out_is_marked_slow() -> None:
+    def row(**seconds: float) -> dict[str, Any]:
+        segments = [{"name": name, "seconds": value} for name, value in seconds.items()]
+        return {"timeline": {"segments": segments}}
+
+    rows = [row(write=30, boot=1), row(write=40, boot=2), row(write=130, boot=2.5)]
+    shaping.mark_slowest(rows)
+    marked = [[s["name"] for s in r["timeline"]["segments"] if s.get("slowest")] for r in rows]
+    assert marked == [[], [], ["write"]]
+    assert shaping.median([3, 1, 2]) == 2
+    assert shaping.median([4, 1, 2, 3]) == 2.5

@@ -380,8 +380,18 @@ def bound_host(plunder_machine: Body | None) -> str:
     )
 
 
+SLOW_FACTOR = 1.5
+"""A machine is slow in a segment when it took this many times the others' median …"""
+SLOW_MARGIN_SECONDS = 5.0
+"""… and more than this many seconds longer (a 2 s step that took 3 s is no news)."""
+
+
 def mark_slowest(rows: list[Shown]) -> None:
-    """Mark, per segment, the machine that took longest in it (when two or more went through it)."""
+    """Mark, per segment, the machine that took longest in it, if it stands out from the rest.
+
+    Stands out: over :data:`SLOW_FACTOR` times the median of the other machines' times in that
+    segment, and over :data:`SLOW_MARGIN_SECONDS` longer; a running segment counts as it stands.
+    """
     by_segment: dict[str, list[Shown]] = {}
     for row in rows:
         for segment in (row.get("timeline") or {}).get("segments", ()):
@@ -390,7 +400,19 @@ def mark_slowest(rows: list[Shown]) -> None:
         if len(segments) < 2:
             continue
         slowest = max(segments, key=lambda segment: segment["seconds"])
-        slowest["slowest"] = True
+        others = median([s["seconds"] for s in segments if s is not slowest])
+        seconds = slowest["seconds"]
+        if seconds > SLOW_FACTOR * others and seconds - others > SLOW_MARGIN_SECONDS:
+            slowest["slowest"] = True
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of ``values`` (not empty)."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return float(ordered[middle])
+    return (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def cluster_view(

@@ -22,7 +22,7 @@ function el(tag, attrs, ...children) {
     else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
     else node.setAttribute(name, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -129,14 +129,8 @@ function matches(row) {
   return haystack.includes(filters.text.toLowerCase());
 }
 
-function select(id, label, values, current, onchange) {
-  return el("label", {}, `${label} `,
-    el("select", { id, onchange },
-      el("option", { value: "" }, "all"),
-      values.map((value) => el("option", { value, selected: value === current }, value))));
-}
-
-function fleetRows(data, tbody, shown) {
+function fleetRows(data) {
+  const tbody = document.getElementById("host-rows"), shown = document.getElementById("shown-count");
   tbody.replaceChildren();
   const rows = data.hosts.filter(matches);
   for (const row of rows) {
@@ -157,32 +151,48 @@ function fleetRows(data, tbody, shown) {
   shown.textContent = `${rows.length} of ${data.hosts.length} hosts`;
 }
 
-async function drawFleet(main) {
-  const data = await getJSON("/api/fleet");
-  const states = Object.keys(data.states);
-  const vendors = [...new Set(data.hosts.map((h) => h.vendor).filter(Boolean))].sort();
-  const tbody = el("tbody", {});
-  const shown = el("span", { id: "shown-count", class: "muted" });
-  const redraw = () => fleetRows(data, tbody, shown);
+// The fleet's skeleton (heading, filters, table) is made once; a live update redraws the rows,
+// counts and choices only, so the filter being typed into keeps its focus and its text.
+function fleetSkeleton(main) {
+  const redraw = () => { if (main.fleetData) fleetRows(main.fleetData); };
   const text = el("input", {
     id: "filter-text", type: "search", placeholder: "name, MAC, consumer, hardware…", value: filters.text,
     oninput: (e) => { filters.text = e.target.value; redraw(); },
   });
   main.replaceChildren(
     el("h2", {}, "Fleet"),
-    el("div", { class: "chips", id: "state-counts" },
-      Object.entries(data.states).map(([state, count]) =>
-        el("span", { class: "chip", "data-state": state }, el("span", { class: `state state-${state}` }, state), ` ${count}`))),
+    el("div", { class: "chips", id: "state-counts" }),
     el("div", { class: "filters" }, text,
-      select("filter-state", "state", states, filters.state, (e) => { filters.state = e.target.value; redraw(); }),
-      select("filter-vendor", "vendor", vendors, filters.vendor, (e) => { filters.vendor = e.target.value; redraw(); }),
-      shown),
+      el("label", {}, "state ", el("select", { id: "filter-state", onchange: (e) => { filters.state = e.target.value; redraw(); } })),
+      el("label", {}, "vendor ", el("select", { id: "filter-vendor", onchange: (e) => { filters.vendor = e.target.value; redraw(); } })),
+      el("span", { id: "shown-count", class: "muted" })),
     el("table", { id: "hosts" },
       el("thead", {}, el("tr", {}, ["Host", "MAC", "State", "Vendor", "Hardware", "Power", "Consumer", "Last seen", "Address"].map((h) => el("th", {}, h)))),
-      tbody),
+      el("tbody", { id: "host-rows" })),
     el("h3", {}, "Clusters"),
-    clustersTable(data.clusters));
-  redraw();
+    el("div", { id: "cluster-list" }));
+}
+
+function choices(id, values, current) {
+  const node = document.getElementById(id);
+  node.replaceChildren(el("option", { value: "" }, "all"),
+    ...values.map((value) => el("option", { value, selected: value === current }, value)));
+  node.value = values.includes(current) ? current : "";
+}
+
+async function drawFleet(main) {
+  const data = await getJSON("/api/fleet");
+  if (main.dataset.view !== "fleet" || !document.getElementById("host-rows")) fleetSkeleton(main);
+  main.fleetData = data;
+  document.getElementById("state-counts").replaceChildren(
+    ...Object.entries(data.states).map(([state, count]) =>
+      el("span", { class: "chip", "data-state": state }, el("span", { class: `state state-${state}` }, state), ` ${count}`)));
+  const states = [...new Set([...Object.keys(data.states), filters.state].filter(Boolean))].sort();
+  const vendors = [...new Set([...data.hosts.map((h) => h.vendor), filters.vendor].filter(Boolean))].sort();
+  choices("filter-state", states, filters.state);
+  choices("filter-vendor", vendors, filters.vendor);
+  fleetRows(data);
+  document.getElementById("cluster-list").replaceChildren(clustersTable(data.clusters));
   return data.version;
 }
 
@@ -267,8 +277,9 @@ async function drawCluster(main, namespace, name) {
   }));
   const slow = data.machines.flatMap((m) => (m.timeline ? m.timeline.segments : [])
     .filter((s) => s.slowest).map((s) => `${s.label}: ${m.machine} on ${m.host} (${duration(s.seconds)})`));
-  main.replaceChildren(
-    el("h2", {}, `Cluster ${data.name}`, el("span", { class: "muted" }, ` in ${data.namespace} · ${data.phase}${data.paused ? " · paused" : ""}`)),
+  main.replaceChildren(...[
+    el("h2", {}, `Cluster ${data.name}`,
+      el("span", { class: "muted" }, [` in ${data.namespace}`, data.phase, data.paused ? "paused" : ""].filter(Boolean).join(" · "))),
     el("h3", {}, "Machines' timelines, on one clock"),
     legend(),
     rows.length ? timelineChart(rows, { id: "cluster-timeline" }) : el("p", { class: "muted" }, "No machine has a host with phases yet."),
@@ -280,7 +291,7 @@ async function drawCluster(main, namespace, name) {
         el("td", {}, m.machine), el("td", {}, m.controlPlane ? "control plane" : "worker"), el("td", {}, m.phase),
         el("td", {}, m.plunderMachine), el("td", {}, m.host ? hostLink(data.namespace, m.host) : "—"),
         el("td", {}, m.hostState ? el("span", { class: `state state-${m.hostState}` }, m.hostState) : ""),
-        el("td", {}, m.timeline ? duration(m.timeline.seconds) + (m.timeline.open ? " so far" : "") : ""))))));
+        el("td", {}, m.timeline ? duration(m.timeline.seconds) + (m.timeline.open ? " so far" : "") : "")))))].filter(Boolean));
   return data.version;
 }
 
@@ -290,6 +301,8 @@ async function draw() {
   const mine = ++drawing;
   const main = document.getElementById("main");
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  const view = ["host", "cluster", "clusters"].includes(parts[0]) ? parts[0] : "fleet";
+  if (main.dataset.view !== view) main.dataset.version = "";
   let version;
   try {
     if (parts[0] === "host" && parts.length === 3) version = await drawHost(main, parts[1], parts[2]);
@@ -297,12 +310,15 @@ async function draw() {
     else if (parts[0] === "clusters") version = await drawClusters(main);
     else version = await drawFleet(main);
   } catch (error) {
-    if (mine === drawing) main.replaceChildren(el("p", { class: "error" }, String(error.message || error)));
+    if (mine === drawing) {
+      main.replaceChildren(el("p", { class: "error" }, String(error.message || error)));
+      main.dataset.view = "error";
+    }
     return;
   }
   if (mine === drawing) {
     main.dataset.version = version;
-    main.dataset.view = parts[0] || "fleet";
+    main.dataset.view = view;
   }
 }
 
