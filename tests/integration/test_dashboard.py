@@ -602,11 +602,14 @@ def test_an_attacker_finds_no_secret_in_the_page_or_its_json(
         served[path] = body
     served["/api/changes"] = first_event(f"{dashboard}/api/changes")
     assert served["/api/changes"].startswith("event: change")
-    for hash_ in ("#/", f"#/host/{namespace}/rack1-a", f"#/cluster/{namespace}/c1"):
+    drawn = "const m = document.getElementById('main'); return m.dataset.version && m.dataset.view"
+    for hash_, view in (
+        ("#/", "fleet"),
+        (f"#/host/{namespace}/rack1-a", "host"),
+        (f"#/cluster/{namespace}/c1", "cluster"),
+    ):
         open_page(browser, f"{dashboard}/{hash_}")
-        eventually(
-            lambda: js(browser, "return document.getElementById('main').dataset.version"), hash_
-        )
+        eventually(lambda view=view: js(browser, drawn) == view, f"the {view} page drawn")
         served[hash_] = browser.page_source
     assert "rack1-a" in served[f"#/host/{namespace}/rack1-a"]
     for where, text in served.items():

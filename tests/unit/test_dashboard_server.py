@@ -86,3 +86,19 @@ def test_allowed_hosts() -> None:
     assert "localhost:8001" in server.allowed_hosts("127.0.0.1", 8001)
     assert "[::1]:8001" in server.allowed_hosts("::1", 8001)
     assert server.allowed_hosts("10.1.2.3", 8001) == {"10.1.2.3:8001"}
+
+
+async def test_the_fleet_keeps_a_hosts_cycles_and_wakes_the_streams() -> None:
+    state = fleet.Fleet()
+    host: dict[str, Any] = {"metadata": {"name": "h", "namespace": "ns"}, "status": {}}
+    first = [{"name": "provisioning", "started": "2026-12-07T01:00:00Z"}]
+    second = [{"name": "provisioning", "started": "2026-12-07T02:00:00Z"}]
+    state.replace(fleet.HOSTS, [host])
+    version = state.version
+    state.apply(fleet.HOSTS, "MODIFIED", {**host, "status": {"phases": first}})
+    assert await state.changed(version, timeout=1) == version + 1
+    state.apply(fleet.HOSTS, "MODIFIED", {**host, "status": {"phases": second}})
+    assert state.cycles[("ns", "h")] == [first, second]
+    state.apply(fleet.HOSTS, "DELETED", host)
+    assert ("ns", "h") not in state.cycles and not state.objects[fleet.HOSTS]
+    assert await state.changed(state.version, timeout=0.05) == state.version  # nothing new

@@ -114,15 +114,22 @@ async def follow(
     kind: str,
     resource: type[GenericNamespacedResource],
     namespace: str | None,
-    retry_after: float = 5.0,
+    retry_after: float = 2.0,
+    retry_at_most: float = 60.0,
 ) -> None:
-    """Keep ``fleet``'s objects of ``kind`` current, forever: list, watch, again on an error."""
+    """Keep ``fleet``'s objects of ``kind`` current, forever: list, watch, again on an error.
+
+    The wait before listing again doubles with each failure in a row (a kind whose CRD is not
+    installed, such as Cluster API's on an inventory-only plane, is asked about once a minute).
+    """
     where = namespace or ALL_NAMESPACES
+    wait = retry_after
     while True:
         try:
             listing = client.list(resource, namespace=where)
             bodies = [as_dict(obj) async for obj in listing]
             fleet.replace(kind, bodies)
+            wait = retry_after
             async for event, obj in client.watch(
                 resource, namespace=where, resource_version=listing.resourceVersion
             ):
@@ -130,8 +137,10 @@ async def follow(
         except asyncio.CancelledError:
             raise
         except Exception as error:  # any failure: read everything again
-            log.info("watch of %s ended (%s); listing again in %.0f s", kind, error, retry_after)
-            await asyncio.sleep(retry_after)
+            level = logging.INFO if wait == retry_after else logging.DEBUG
+            log.log(level, "watch of %s ended (%s); listing again in %.0f s", kind, error, wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, retry_at_most)
 
 
 def start(client: AsyncClient, fleet: Fleet, namespace: str | None) -> list[asyncio.Task[None]]:
