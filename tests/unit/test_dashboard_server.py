@@ -76,6 +76,14 @@ async def test_another_host_name_is_refused(base_url: str) -> None:
     assert "h1" not in body
 
 
+async def test_another_sites_page_is_refused(base_url: str) -> None:
+    headers = {"Sec-Fetch-Site": "cross-site"}
+    status, _, body = await request("GET", f"{base_url}/api/fleet", headers=headers)
+    assert status == 403 and "h1" not in body
+    headers = {"Sec-Fetch-Site": "same-origin"}
+    assert (await request("GET", f"{base_url}/api/fleet", headers=headers))[0] == 200
+
+
 async def test_no_static_file_outside_the_list(base_url: str) -> None:
     for name in ("..%2f__init__.py", "server.py", "nope.js"):
         status, _, _ = await request("GET", f"{base_url}/static/{name}")

@@ -8,7 +8,8 @@ page elsewhere could reach it:
 - a strict Content-Security-Policy (``default-src 'none'``; script, style and data from this
   origin only, no inline script or style, no frames) and ``nosniff``;
 - the ``Host`` header must name the address it listens on (a DNS-rebinding page has another);
-- no CORS headers, so another origin's script cannot read a response.
+- no CORS headers, so another origin's script cannot read a response, and a browser's request
+  that says it comes from another site's page (``Sec-Fetch-Site``) is refused outright.
 
 The page is plain JavaScript with inline SVG (``static/``): nothing is fetched from elsewhere
 and nothing needs a build step.
@@ -54,6 +55,8 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 READ_METHODS = frozenset({"GET", "HEAD"})
+SAME_SITE = frozenset({"same-origin", "none"})
+"""``Sec-Fetch-Site`` values answered: the page's own requests, and a person typing the URL."""
 STATIC_FILES = {
     "app.js": "text/javascript",
     "app.css": "text/css",
@@ -92,6 +95,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
     elif request.host not in request.app[ALLOWED_HOSTS]:
         response = web.Response(status=421, text="this server answers on loopback only\n")
+    elif request.headers.get("Sec-Fetch-Site", "none") not in SAME_SITE:
+        response = web.Response(status=403, text="not from another site's page\n")
     else:
         try:
             response = await handler(request)

@@ -175,6 +175,8 @@ function fleetSkeleton(main) {
 
 function choices(id, values, current) {
   const node = document.getElementById(id);
+  const had = [...node.options].map((option) => option.value).join("\n");
+  if (had === ["", ...values].join("\n")) return;  // unchanged: an open list stays open
   node.replaceChildren(el("option", { value: "" }, "all"),
     ...values.map((value) => el("option", { value, selected: value === current }, value)));
   node.value = values.includes(current) ? current : "";
@@ -233,11 +235,15 @@ async function drawHost(main, namespace, name) {
   ];
   if (data.cycles.length) {
     parts.push(legend());
-    data.cycles.forEach((cycle, i) => {
-      parts.push(el("div", { class: "muted" },
-        `${i === 0 ? "latest" : "earlier"}: ${cycle.kind}, started ${cycle.started}, ${duration(cycle.seconds)}${cycle.open ? " so far" : ""}`));
-      parts.push(timelineChart([{ label: cycle.kind, offset: 0, segments: cycle.segments }], { "data-cycle": i }));
-    });
+    // Every cycle on one scale, the latest on top: a slower provisioning shows as a longer bar.
+    const rows = data.cycles.map((cycle) => ({
+      label: `${cycle.started.slice(0, 10)} ${cycle.started.slice(11, 19)} ${cycle.kind}`,
+      offset: 0, segments: cycle.segments,
+    }));
+    parts.push(timelineChart(rows, { id: "host-timeline" }));
+    parts.push(el("ul", { class: "muted", id: "cycles" }, data.cycles.map((cycle, i) => el("li", {},
+      `${i === 0 ? "latest" : "earlier"}: ${cycle.kind} from ${cycle.started}, ` +
+      `${duration(cycle.seconds)}${cycle.open ? " so far" : ""}`))));
   } else {
     parts.push(el("p", { class: "muted" }, "No phases recorded yet."));
   }
