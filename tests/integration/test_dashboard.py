@@ -131,8 +131,10 @@ def first_event(url: str) -> str:
 def screenshot(driver: webdriver.Chrome, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1400, max(1100, min(int(height) + 40, 4000)))
+    # The whole page: the window as tall as the page plus the browser's own frame.
+    height = js(driver, "return document.documentElement.scrollHeight")
+    frame = js(driver, "return window.outerHeight - window.innerHeight")
+    driver.set_window_size(1400, max(1100, min(int(height) + int(frame) + 20, 4000)))
     driver.save_screenshot(str(path))
     driver.set_window_size(1400, 1100)
     print(f"screenshot: {path}")
