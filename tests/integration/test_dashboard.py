@@ -301,6 +301,7 @@ def test_the_fleet_page_lists_filters_and_follows_the_hosts(
         ["error", "1"],
         ["provisioned", "1"],
     ]
+    assert js(browser, "return document.getElementById('problems').children.length") == 0
     screenshot(browser, "fleet")
 
     # Filters: by state, by vendor, by text; each narrows the rows, "all" brings them back.

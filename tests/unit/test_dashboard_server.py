@@ -110,3 +110,16 @@ async def test_the_fleet_keeps_a_hosts_cycles_and_wakes_the_streams() -> None:
     state.apply(fleet.HOSTS, "DELETED", host)
     assert ("ns", "h") not in state.cycles and not state.objects[fleet.HOSTS]
     assert await state.changed(state.version, timeout=0.05) == state.version  # nothing new
+
+
+def test_a_kind_that_cannot_be_listed_is_named_until_it_is() -> None:
+    state = fleet.Fleet()
+    state.failed(fleet.CLUSTERS, "404 the server could not find the requested resource")
+    version = state.version
+    state.failed(fleet.CLUSTERS, "404 the server could not find the requested resource")
+    assert state.version == version  # the same news once
+    assert state.problems == {
+        fleet.CLUSTERS: "404 the server could not find the requested resource"
+    }
+    state.replace(fleet.CLUSTERS, [])
+    assert state.problems == {}

@@ -26,7 +26,13 @@ from plunder.cli import options
     help="The address to listen on. Anything but loopback lets others read the fleet with "
     "your credentials.",
 )
-@click.option("--port", default=8001, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--port",
+    default=8002,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="The port (kubectl proxy's is 8001).",
+)
 def dashboard(kubeconfig: Path | None, namespace: str | None, address: str, port: int) -> None:
     """Serve a read-only web page of the hosts, their timelines and the clusters, live."""
     from plunder.dashboard import server

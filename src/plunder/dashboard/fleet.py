@@ -62,6 +62,8 @@ class Fleet:
         self.objects: dict[str, dict[Key, dict[str, Any]]] = {kind: {} for kind in kinds()}
         self.cycles: dict[Key, list[list[shaping.Body]]] = {}
         self.synced: set[str] = set()
+        self.problems: dict[str, str] = {}
+        """Why a kind's last list or watch failed (cleared by its next list), for the page."""
         self.version = 0
         self._changed = asyncio.Event()
 
@@ -85,7 +87,14 @@ class Fleet:
             for gone in set(self.cycles) - set(self.objects[kind]):
                 del self.cycles[gone]
         self.synced.add(kind)
+        self.problems.pop(kind, None)
         self._bump()
+
+    def failed(self, kind: str, problem: str) -> None:
+        """A kind's list or watch failed: say so on the page (its objects stay as they were)."""
+        if self.problems.get(kind) != problem:
+            self.problems[kind] = problem
+            self._bump()
 
     def apply(self, kind: str, event: str, body: dict[str, Any]) -> None:
         """One watch event: ADDED, MODIFIED or DELETED."""
@@ -137,6 +146,7 @@ async def follow(
         except asyncio.CancelledError:
             raise
         except Exception as error:  # any failure: read everything again
+            fleet.failed(kind, str(error) or type(error).__name__)
             level = logging.INFO if wait == retry_after else logging.DEBUG
             log.log(level, "watch of %s ended (%s); listing again in %.0f s", kind, error, wait)
             await asyncio.sleep(wait)

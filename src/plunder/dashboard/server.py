@@ -142,6 +142,7 @@ async def fleet_json(request: web.Request) -> web.Response:
         {
             "version": fleet.version,
             "synced": sorted(fleet.synced),
+            "problems": dict(sorted(fleet.problems.items())),
             "hosts": rows,
             "states": shaping.state_counts(rows),
             "clusters": shaping.clusters(

@@ -161,6 +161,7 @@ function fleetSkeleton(main) {
   });
   main.replaceChildren(
     el("h2", {}, "Fleet"),
+    el("ul", { class: "error", id: "problems" }),
     el("div", { class: "chips", id: "state-counts" }),
     el("div", { class: "filters" }, text,
       el("label", {}, "state ", el("select", { id: "filter-state", onchange: (e) => { filters.state = e.target.value; redraw(); } })),
@@ -194,6 +195,8 @@ async function drawFleet(main) {
   choices("filter-state", states, filters.state);
   choices("filter-vendor", vendors, filters.vendor);
   fleetRows(data);
+  document.getElementById("problems").replaceChildren(
+    ...Object.entries(data.problems).map(([kind, problem]) => el("li", { "data-kind": kind }, `cannot list ${kind}: ${problem}`)));
   document.getElementById("cluster-list").replaceChildren(clustersTable(data.clusters));
   return data.version;
 }
