@@ -331,9 +331,13 @@ async function draw() {
   }
 }
 
+// A busy fleet changes often (each host's lastSeen, each write's progress): draw at most once
+// a second, and soon after the last change.
+let lastDraw = 0;
 function soon() {
-  clearTimeout(timer);
-  timer = setTimeout(draw, 150);
+  if (timer) return;
+  const wait = Math.max(150, 1000 - (Date.now() - lastDraw));
+  timer = setTimeout(() => { timer = null; lastDraw = Date.now(); draw(); }, wait);
 }
 
 function live() {
