@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages, by a file or program each one provides. The lab's virtual bare metal:
 # QEMU (TCG), OVMF for UEFI hosts, libvirt (so BMC emulators can drive the hosts), Debian's iPXE
-# builds, dnsmasq for DHCP/TFTP; wrk drives the benchmarks.
+# builds, dnsmasq for DHCP/TFTP; wrk drives the benchmarks; Chromium tests the dashboard.
 declare -A provides=(
   [python3]=python3 [python3-venv]=/usr/lib/python3*/ensurepip [git]=git [make]=make
   [iproute2]=ip [dnsmasq-base]=dnsmasq [ipxe]=/usr/lib/ipxe/undionly.kpxe
@@ -25,6 +25,8 @@ declare -A provides=(
   [debconf]=debconf-set-selections [wget]=wget
   # the node image: runc links libseccomp statically
   [libseccomp-dev]=/usr/lib/x86_64-linux-gnu/libseccomp.a
+  # the dashboard's tests: a real headless browser and its WebDriver
+  [chromium]=chromium [chromium-driver]=chromedriver
 )
 need_apt=()
 for package in "${!provides[@]}"; do

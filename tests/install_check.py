@@ -37,7 +37,25 @@ def main() -> int:
             print(f"install-check: {name} does not import:", file=sys.stderr)
             traceback.print_exc(limit=1)
     print(f"install-check: {checked} modules, {failed} failed (without: {args.without or '-'})")
-    return 1 if failed else 0
+    missing = missing_package_data()
+    for path in missing:
+        print(f"install-check: package data {path} is not in the install", file=sys.stderr)
+    return 1 if failed or missing else 0
+
+
+def missing_package_data() -> list[str]:
+    """The files read at run time (``[tool.setuptools.package-data]``) that the install lacks."""
+    from importlib import resources
+
+    from plunder.dashboard import server
+
+    wanted = [("plunder", "py.typed"), ("plunder", "agent/agent.sh")]
+    wanted += [("plunder.dashboard", f"static/{name}") for name in server.STATIC_FILES]
+    return [
+        f"{package}:{path}"
+        for package, path in wanted
+        if not resources.files(package).joinpath(path).is_file()
+    ]
 
 
 if __name__ == "__main__":

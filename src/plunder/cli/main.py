@@ -450,7 +450,7 @@ def installer_build(force: bool) -> None:
 
 def main() -> None:
     """The console script's entry point."""
-    from plunder.cli import boot, health, hosts, power, release
+    from plunder.cli import boot, dashboard, health, hosts, power, release
 
     cli.add_command(boot.boot)
     cli.add_command(power.power)
@@ -459,6 +459,7 @@ def main() -> None:
     cli.add_command(hosts.get)
     cli.add_command(hosts.describe)
     cli.add_command(hosts.logs)
+    cli.add_command(dashboard.dashboard)
     try:
         cli()
     except ConfigError as error:
