@@ -12,7 +12,6 @@ its JSON. A screenshot of each page is kept under build/artifacts/dashboard/.
 from __future__ import annotations
 
 import secrets
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,8 +26,6 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Event, Secret
 from lightkube.types import PatchType
 from selenium import webdriver
-from selenium.webdriver.chrome.options import Options as ChromeOptions
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.support.ui import Select
 
 from plunder.api.infrastructure import PlunderMachine
@@ -36,8 +33,16 @@ from plunder.api.inventory import PlunderHost
 from plunder.boot import agentlog
 from plunder.k8s import capi
 from plunder.k8s.resources import as_dict, resource_for
-from plunder.lab import processes
 from plunder.lab.plane import Plane
+from tests.browser import (
+    click,
+    get,
+    headless_chromium,
+    js,
+    open_page,
+    running_dashboard,
+    screenshot,
+)
 from tests.conftest import eventually
 from tests.integration.test_machine_world import create_capi_machine, create_cluster
 
@@ -45,21 +50,6 @@ pytestmark = pytest.mark.integration
 
 HOSTS = resource_for(PlunderHost)
 MACHINES = resource_for(PlunderMachine)
-ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "artifacts" / "dashboard"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = (
-    # No network here but loopback: without these, Chromium stalls on refused connections.
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1400,1100",
-)
 CLEAR_TEXT_FILTER = (
     "const f = document.getElementById('filter-text'); f.value = '';"
     " f.dispatchEvent(new Event('input'))"
@@ -77,17 +67,8 @@ def at(seconds: float) -> str:
 @pytest.fixture(scope="session")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
     """Debian's headless Chromium, driven by its chromedriver; one for the session."""
-    options = ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    driver = webdriver.Chrome(options=options, service=ChromeService(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    try:
+    with headless_chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture
@@ -95,26 +76,8 @@ def dashboard(
     plane: Plane, kube: Client, cluster_api_crds: list[str], namespace: str, tmp_path: Path
 ) -> Iterator[str]:
     """``plunderctl dashboard`` for the test's namespace, as a process; its base URL."""
-    port = processes.free_port()
-    argv = [sys.executable, "-m", "plunder.cli.main", "dashboard"]
-    argv += ["--kubeconfig", str(plane.kubeconfig), "--namespace", namespace, "--port", str(port)]
-    managed = processes.start("dashboard", argv, tmp_path)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        processes.wait_until(processes.http_ok(f"{url}/healthz"), "dashboard", managed)
-        eventually(lambda: '"plundermachines"' in get(f"{url}/healthz")[1], "every kind listed")
+    with running_dashboard(plane.kubeconfig, namespace, tmp_path) as url:
         yield url
-    finally:
-        processes.stop(managed.pid)
-
-
-def get(url: str, method: str = "GET") -> tuple[int, str, dict[str, str]]:
-    request = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode(), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(), dict(error.headers)
 
 
 def first_event(url: str) -> str:
@@ -126,41 +89,6 @@ def first_event(url: str) -> str:
                 break
             lines.append(line)
         return "".join(lines)
-
-
-def screenshot(driver: webdriver.Chrome, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    # The whole page: the window as tall as the page plus the browser's own frame.
-    height = js(driver, "return document.documentElement.scrollHeight")
-    frame = js(driver, "return window.outerHeight - window.innerHeight")
-    driver.set_window_size(1400, max(1100, min(int(height) + int(frame) + 20, 4000)))
-    driver.save_screenshot(str(path))
-    driver.set_window_size(1400, 1100)
-    print(f"screenshot: {path}")
-    return path
-
-
-def js(driver: webdriver.Chrome, script: str) -> Any:
-    """What ``script`` returns in the page (read in one go: no element goes stale between)."""
-    return driver.execute_script(script)
-
-
-def click(driver: webdriver.Chrome, selector: str) -> None:
-    """Click the first element ``selector`` finds, found and clicked in one go in the page.
-
-    A live update may replace a row between selenium's finding and its clicking; a person's
-    click lands on whatever is there, and so does this one.
-    """
-    driver.execute_script("document.querySelector(arguments[0]).click()", selector)
-
-
-def open_page(driver: webdriver.Chrome, url: str) -> None:
-    driver.get(url)
-    eventually(
-        lambda: js(driver, "return document.getElementById('live').textContent") == "live",
-        "the page's change stream open",
-    )
 
 
 # ------------------------------------------------------------------------------ the world
