@@ -114,3 +114,33 @@ def open_page(driver: webdriver.Chrome, url: str) -> None:
         lambda: js(driver, "return document.getElementById('live').textContent") == "live",
         "the page's change stream open",
     )
+
+
+def look_at_a_live_cluster(
+    kubeconfig: Path, namespace: str, cluster: str, machines: int, folder: Path
+) -> list[str]:
+    """Open the dashboard on a live lab: the fleet's page and ``cluster``'s, with screenshots.
+
+    Waits until the cluster's page draws a timeline row for each of its ``machines`` (each
+    row: "machine · host"), keeps ``lab-fleet.png`` and ``lab-cluster.png``, and returns the
+    rows.
+    """
+    rows_js = (
+        "return [...document.querySelectorAll('#cluster-timeline g.timeline-row')]"
+        ".map(g => g.dataset.row)"
+    )
+    with (
+        running_dashboard(kubeconfig, namespace, folder) as url,
+        headless_chromium(folder / "chromium-profile") as driver,
+    ):
+        open_page(driver, f"{url}/#/")
+        eventually(
+            lambda: js(driver, "return document.querySelectorAll('tr.host-row').length") > 0,
+            "the fleet's hosts listed",
+        )
+        screenshot(driver, "lab-fleet")
+        open_page(driver, f"{url}/#/cluster/{namespace}/{cluster}")
+        eventually(lambda: len(js(driver, rows_js)) == machines, f"{machines} machines' timelines")
+        screenshot(driver, "lab-cluster")
+        rows: list[str] = js(driver, rows_js)
+        return rows
