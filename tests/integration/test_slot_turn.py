@@ -10,9 +10,8 @@ with a real 409 Conflict; decided on the copy the gate reads at the host's turn,
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 import kopf
 import pytest
@@ -25,7 +24,7 @@ from plunder.k8s import client as k8s_client
 from plunder.k8s.resources import as_dict
 from plunder.lab.plane import Plane
 from plunder.operator import host as host_handler
-from plunder.operator.slots import ProvisioningSlots, SlotSettings
+from plunder.operator.slots import Answer, ProvisioningSlots, SlotSettings
 from plunder.reconcile import hoststate, slots
 from plunder.reconcile.selection import HostCandidate
 from tests.integration.test_machine_world import HOSTS, create_host
@@ -64,13 +63,13 @@ async def test_a_move_granted_after_a_heartbeat_lands_on_the_fresh_copy(
     monkeypatch.setattr(kopf, "event", lambda _body, **event: posted.append(event["reason"]))
     client = k8s_client.async_client(plane.kubeconfig, field_manager="plunder-controller")
 
-    async def retry(_: Mapping[str, Any]) -> None:
-        return None
+    async def move(_: Answer) -> bool:
+        return True
 
     memo = kopf.Memo()
     memo.client = client
     cache = {namespace: [HostCandidate.from_body(asked)]}  # the watch cache, as of the event
-    memo.slots = ProvisioningSlots(client, cache, SlotSettings(1, namespace), retry, lambda _: None)
+    memo.slots = ProvisioningSlots(client, cache, SlotSettings(1, namespace), move, lambda _: None)
     try:
         await host_handler.move_host(asked, memo, _LOG)
     finally:
