@@ -354,6 +354,9 @@ class ProvisioningSlots:
 
     async def _round(self) -> bool:
         """Decide the waiters and the queued requests in order; whether some are left to decide."""
+        for key, ask in list(self._asks.items()):
+            if ask.answer.done():  # its handler was cancelled: nobody would write its move
+                del self._asks[key]
         order = sorted(self.waiting.items(), key=lambda item: item[1].since)
         queue = [_Queued(key, waiter.body, None) for key, waiter in order if key not in self._asks]
         queue += [_Queued(ask.key, ask.body, ask) for ask in self._asks.values()]
