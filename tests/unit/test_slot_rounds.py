@@ -21,7 +21,7 @@ from plunder.operator import host as host_handler
 from plunder.operator import slots as slot_gate
 from plunder.reconcile import slots
 from plunder.reconcile.selection import HostCandidate
-from tests.unit.test_slot_gate import FakeAPI, _raw
+from tests.unit.test_slot_gate import FakeAPI, _api_error, _raw
 
 _LOG = cast(kopf.Logger, logging.getLogger("test"))
 
@@ -175,3 +175,28 @@ async def test_a_host_asking_first_does_not_take_a_slot_an_older_waiter_waits_fo
     await handler.gate.stop()
     assert api.hosts["a1"][0] == "available"
     assert list(handler.gate.waiting) == ["ns/a1"]
+
+
+async def test_a_host_that_waited_silently_through_api_trouble_is_told_when_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = _fleet(busy=0, parked=1)
+    handler = Handler(api, 1, monkeypatch)
+    await handler.start()
+    healthy = api.get
+
+    async def unavailable(*_: Any, **__: Any) -> Any:
+        raise _api_error(503)
+
+    api.get = unavailable  # type: ignore[method-assign]
+    await handler.event("a0")
+    assert handler.gate.waiting_for("ns", "a0") is None  # waits, undecided, without a word
+    assert "ns/a0" in handler.gate.waiting and handler.events == []
+
+    api.get = healthy  # type: ignore[method-assign]
+    api.hosts["x0"] = ("provisioning", "30")  # meanwhile another took the slot
+    handler.catch_up()
+    handler.gate.kick()  # the retry after the trouble
+    await until(lambda: handler.gate.waiting_for("ns", "a0") is not None)
+    await handler.gate.stop()
+    assert handler.events == [("a0", slots.WAITING_REASON)]

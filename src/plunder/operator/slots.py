@@ -403,7 +403,7 @@ class ProvisioningSlots:
                 self._holding.setdefault(key, "")
             if len(busy) >= self.limit:  # the cache already shows every slot taken
                 refusal = slots.Decision(False, {}, len(busy), self.limit)
-                return {q.key: _refusal(q, refusal) for q in queue if q.ask is not None}, False
+                return {q.key: _refusal(q, refusal) for q in queue if self._refused(q)}, False
             ledger, read_at = await self._read_ledger()
             held = await self._live(ledger)
             for key, decided_on in held.items():
@@ -439,11 +439,22 @@ class ProvisioningSlots:
             full = slots.in_use(held, busy) >= self.limit
             if full:
                 refusal = slots.Decision(False, held, slots.in_use(held, busy), self.limit)
-                answers |= {q.key: _refusal(q, refusal) for q in rest if q.ask is not None}
+                answers |= {q.key: _refusal(q, refusal) for q in rest if self._refused(q)}
             if not granted or await self._write_ledger(held, read_at):
                 self._holding |= granted
                 return answers, bool(rest) and not full
         raise _UndecidedError
+
+    def _refused(self, queued: _Queued) -> bool:
+        """Whether a host no slot was free for is told so: a request, or a waiter never told.
+
+        A waiter that was told keeps its place without a word (nothing changed for it); one
+        that waits silently (its request met an API in trouble) gets its Event now.
+        """
+        if queued.ask is not None:
+            return True
+        waiter = self.waiting.get(queued.key)
+        return waiter is not None and waiter.decision is None
 
     # ---------------------------------------------------------------------------- waiters
 
