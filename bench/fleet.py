@@ -336,10 +336,12 @@ class Fleet(threading.Thread):
         host.running_os = True
         await asyncio.sleep(self.timings.boot_seconds)
         while host.phone_home is not None and host.running_os:
-            status, _ = await self._request(
+            status, text = await self._request(
                 host, "phone-home", "POST", host.phone_home, data=b"instance_id=sim\n", full=True
             )
-            if status in (204, 409):  # 409: not waiting for it (any more)
+            # cloud-init tries again on any error; a 409 that is not "ask again" is a refusal:
+            # the host is not waiting for its OS (any more), and asking again changes nothing.
+            if status == 204 or (status == 409 and "ask again" not in text):
                 host.phone_home = None
             else:
                 await asyncio.sleep(self.timings.retry_seconds)
