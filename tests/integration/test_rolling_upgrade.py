@@ -48,7 +48,7 @@ from tests.conftest import eventually, listed, nested, provider_controller, run_
 from tests.integration.chaos_ledger import Follower, Ledger
 from tests.integration.chaos_world import BootProcess
 from tests.integration.sim_agent import HttpAgent
-from tests.integration.test_capi import MachineDeployment
+from tests.integration.test_capi import MachineDeployment, machine_deployment
 from tests.integration.test_machine_world import HOSTS, MACHINES, create_host
 from tests.integration.test_remediation import node, node_ready, workload_cluster
 
@@ -89,33 +89,17 @@ def template(name: str) -> dict[str, Any]:
 
 def deployment() -> dict[str, Any]:
     """The workers: bootstrap data given (the Secret ``bootstrap``), rolled with a surge."""
-    return {
-        "apiVersion": f"{capi.CORE_GROUP}/{capi.CORE_VERSION}",
-        "kind": "MachineDeployment",
-        "metadata": {"name": "workers"},
-        "spec": {
-            "clusterName": "cluster-plunder",
-            "replicas": REPLICAS,
-            "rollout": {
-                "strategy": {
-                    "type": "RollingUpdate",
-                    "rollingUpdate": {"maxSurge": MAX_SURGE, "maxUnavailable": MAX_UNAVAILABLE},
-                }
-            },
-            "template": {
-                "spec": {
-                    "clusterName": "cluster-plunder",
-                    "version": "v1.36.3",
-                    "bootstrap": {"dataSecretName": "bootstrap"},
-                    "infrastructureRef": {
-                        "apiGroup": "infrastructure.cluster.x-k8s.io",
-                        "kind": "PlunderMachineTemplate",
-                        "name": "workers-v1",
-                    },
-                }
-            },
-        },
+    made = machine_deployment(REPLICAS)
+    made["spec"]["rollout"] = {
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": MAX_SURGE, "maxUnavailable": MAX_UNAVAILABLE},
+        }
     }
+    machine = made["spec"]["template"]["spec"]
+    machine["bootstrap"] = {"dataSecretName": "bootstrap"}
+    machine["infrastructureRef"]["name"] = "workers-v1"
+    return made
 
 
 class Kubelets:
@@ -132,6 +116,10 @@ class Kubelets:
         self.namespace = namespace
         self.registered: dict[str, str] = {}
         """Machine name → its Node's name."""
+        self.created: dict[str, float] = {}
+        """Machine name → when its first event came (monotonic seconds)."""
+        self.waits: dict[str, float] = {}
+        """Machine name → seconds from its first event to its Node (its host running the OS)."""
         self.watch = Follower(plane.kubeconfig, capi.Machine, namespace, self.on_machine)
 
     def on_machine(self, kind: str, body: dict[str, Any]) -> None:
@@ -139,6 +127,7 @@ class Kubelets:
         name, provider_id = meta["name"], nested(body, "spec", "providerID")
         if (meta.get("labels") or {}).get(DEPLOYMENT_LABEL) != "workers":
             return
+        self.created.setdefault(name, time.monotonic())
         if kind == "DELETED" or meta.get("deletionTimestamp") or not provider_id:
             return
         if name in self.registered:
@@ -153,6 +142,7 @@ class Kubelets:
         )
         node_ready(self.kube, node_name, "True")
         self.registered[name] = node_name
+        self.waits[name] = time.monotonic() - self.created[name]
 
     def start(self) -> None:
         self.watch.start()
@@ -336,6 +326,7 @@ def test_a_rolling_upgrade_over_100_hosts_gives_no_host_twice_and_reuses_the_wip
 
         # The upgrade: the deployment's template now names the new image's PlunderMachineTemplate.
         old = {m["metadata"]["name"] for m in workers(kube, namespace)}
+        assert old <= set(kubelets.waits)
         started = time.monotonic()
         kube.patch(
             MachineDeployment,
@@ -387,6 +378,10 @@ def test_a_rolling_upgrade_over_100_hosts_gives_no_host_twice_and_reuses_the_wip
         for machine in workers(kube, namespace):
             own = kubelets.registered[machine["metadata"]["name"]]
             assert nested(machine, "status", "nodeRef", "name") == own, machine["metadata"]
+        # No Machine waited for ever: each new one got its host, and its Node.
+        new_waits = sorted(wait for name, wait in kubelets.waits.items() if name not in old)
+        assert set(kubelets.created) - old == set(kubelets.waits) - old, "a Machine never ran"
+        assert len(new_waits) == REPLICAS, new_waits
         left = [n.metadata.name for n in kube.list(Node, labels={NODE_LABEL: namespace})]
         assert len(left) == REPLICAS, f"old Nodes not deleted: {sorted(left)}"
         assert len(workers_used) <= POOL
@@ -396,5 +391,7 @@ def test_a_rolling_upgrade_over_100_hosts_gives_no_host_twice_and_reuses_the_wip
             f"{MAX_UNAVAILABLE}) over {POOL} hosts: {took:.1f} s; hosts used {len(workers_used)} "
             f"({len(reused)} of them by an old and a new Machine, none by two at once); "
             f"at most {peak_machines} machines at once, at most {peak_claimed} hosts claimed "
-            f"at once; wipes {sum(len(c) for c in agents.wiped.values())}"
+            f"at once; wipes {sum(len(c) for c in agents.wiped.values())}; a new Machine "
+            f"waited for its Node {new_waits[len(new_waits) // 2]:.1f} s (median), at most "
+            f"{new_waits[-1]:.1f} s"
         )
