@@ -34,7 +34,7 @@ from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.models.core_v1 import NodeSpec
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Node, Secret
+from lightkube.resources.core_v1 import Event, Node, Secret
 from lightkube.types import PatchType
 
 from plunder.api.infrastructure import HOST_ANNOTATION
@@ -384,6 +384,12 @@ def test_a_rolling_upgrade_over_100_hosts_gives_no_host_twice_and_reuses_the_wip
         assert len(new_waits) == REPLICAS, new_waits
         left = [n.metadata.name for n in kube.list(Node, labels={NODE_LABEL: namespace})]
         assert len(left) == REPLICAS, f"old Nodes not deleted: {sorted(left)}"
+        drained = {
+            e.involvedObject.name
+            for e in kube.list(Event, namespace=namespace)
+            if e.involvedObject.kind == "Machine" and e.reason == "SuccessfulDrainNode"
+        }
+        assert drained == old, f"old Machines whose Node was not drained: {sorted(old - drained)}"
         assert len(workers_used) <= POOL
         assert len(reused) >= REPLICAS - MAX_SURGE  # the wiped hosts served the new Machines
         print(
