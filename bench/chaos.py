@@ -86,6 +86,7 @@ ROWS: list[tuple[str, Callable[[Findings], str]]] = [
     ("machines given two hosts", lambda f: str(len(f.two_hosts))),
     ("hosts or machines stuck", lambda f: str(len(f.stuck))),
     ("hosts returned unwiped", lambda f: str(len(f.unwiped))),
+    ("hosts given unwiped", lambda f: str(len(f.given_unwiped))),
     ("hosts returned after a wipe", lambda f: str(f.returns)),
     ("watch gaps (unverified)", lambda f: f"{f.gaps} ({len(f.unverified)})"),
 ]
@@ -105,6 +106,7 @@ def report(results: list[Findings], seed: int, hosts: str = "simulated hosts") -
             ("two hosts", found.two_hosts),
             ("stuck", found.stuck),
             ("unwiped", found.unwiped),
+            ("given unwiped", found.given_unwiped),
             ("unverified", found.unverified),
         ):
             for item in items[:SHOWN]:

@@ -58,6 +58,6 @@ def test_kills_and_a_restart_on_the_lab_give_no_host_twice_and_leave_none_stuck_
     assert len({hosts[0] for hosts in named}) == 2, named
     assert found.given_twice == [] and found.two_hosts == [], summary
     assert found.stuck == [], summary
-    assert found.unwiped == [], summary
+    assert found.unwiped == [] and found.given_unwiped == [], summary
     assert found.returns == 2, summary  # each host came back, its disk wiped
     assert chaos.most_dhcp_servers <= 1, f"{chaos.most_dhcp_servers} dnsmasq at once"

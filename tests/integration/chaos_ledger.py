@@ -105,7 +105,12 @@ class Ledger:
     - a machine never names two hosts, and names only a host claimed for it at that moment (the
       claim is written before the binding, so by resourceVersion it comes first);
     - a host returns to ``available`` only from ``deprovisioning``, with the wipe recorded
-      (Provisioned=False, Deprovisioned) and done by its agent in that deprovisioning's cycle.
+      (Provisioned=False, Deprovisioned) and done by its agent in that deprovisioning's cycle;
+    - a host is claimed only while ``available``, and once it has had a consumer, only after
+      such a return (its wipe) since that consumer's release.
+
+    It also keeps the run's figures: the hosts ever claimed, and the most hosts claimed and the
+    most machines present (not yet gone) at one moment.
 
     A check that a watch gap (410) may have hidden the truth of is counted as unverified.
     """
@@ -121,8 +126,14 @@ class Ledger:
         self.given_twice: set[str] = set()
         self.two_hosts: set[str] = set()
         self.unwiped: set[str] = set()
+        self.given_unwiped: set[str] = set()
         self.unverified: list[str] = []
         self.returns = 0
+        self.not_wiped_since: dict[str, str] = {}
+        """Host → the consumer whose use of it no wipe has followed yet."""
+        self.hosts_used: set[str] = set()
+        self.claimed_peak = 0
+        self.machines_peak = 0
         self.lock = threading.Lock()
         self.host_watch = Follower(kubeconfig, HOSTS, namespace, self.on_host)
         self.machine_watch = Follower(kubeconfig, MACHINES, namespace, self.on_machine)
@@ -156,6 +167,12 @@ class Ledger:
             self.hosts[name] = seen
             if before is not None:
                 self.check_host(name, before.host, host, gap=before.gaps != gaps)
+                self.check_claim(name, before.host, host, gap=before.gaps != gaps)
+            if consumer_uid(host) is not None:
+                self.hosts_used.add(name)
+                self.not_wiped_since[name] = consumer_uid(host) or ""
+            claimed = sum(1 for h in self.hosts.values() if consumer_uid(h.host) is not None)
+            self.claimed_peak = max(self.claimed_peak, claimed)
 
     def check_host(self, name: str, before: PlunderHost, host: PlunderHost, gap: bool) -> None:
         was, now = consumer_uid(before), consumer_uid(host)
@@ -170,6 +187,20 @@ class Ledger:
             self.flag(self.unwiped, name, f"available again straight from {state}", gap)
         elif not self.wiped_in(name, cycle) or not _wipe_recorded(host):
             self.flag(self.unwiped, name, f"available again with no wipe in cycle {cycle}", gap)
+        else:
+            self.not_wiped_since.pop(name, None)
+
+    def check_claim(self, name: str, before: PlunderHost, host: PlunderHost, gap: bool) -> None:
+        """A new claim lands on an available host that was wiped since its last consumer."""
+        now = consumer_uid(host)
+        if now is None or consumer_uid(before) is not None:
+            return
+        state = hoststate.state_of(before)
+        if state != "available":
+            self.flag(self.given_unwiped, name, f"claimed by {now} while {state}", gap)
+        elif name in self.not_wiped_since:
+            was = self.not_wiped_since[name]
+            self.flag(self.given_unwiped, name, f"claimed by {now}, not wiped since {was}", gap)
 
     def on_machine(self, kind: str, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -178,6 +209,8 @@ class Ledger:
             seen.state = (body.get("status") or {}).get("state")
             seen.deleting = bool(meta.get("deletionTimestamp"))
             seen.gone = kind == "DELETED"
+            present = sum(1 for m in self.machines.values() if not m.gone)
+            self.machines_peak = max(self.machines_peak, present)
             host = (meta.get("annotations") or {}).get(HOST_ANNOTATION)
             if host and host not in seen.hosts:
                 seen.hosts[host] = _resource_version(body)

@@ -201,6 +201,7 @@ class Findings:
     given_twice: list[str] = field(default_factory=list)
     two_hosts: list[str] = field(default_factory=list)
     unwiped: list[str] = field(default_factory=list)
+    given_unwiped: list[str] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
     unverified: list[str] = field(default_factory=list)
     returns: int = 0
@@ -208,9 +209,9 @@ class Findings:
 
     @property
     def clean(self) -> bool:
-        """Every machine provisioned, none given twice, stuck, or returned unwiped."""
+        """Every machine provisioned, none given twice, stuck, or returned or given unwiped."""
         return self.provisioned == self.total and not (
-            self.given_twice or self.two_hosts or self.unwiped or self.stuck
+            self.given_twice or self.two_hosts or self.unwiped or self.given_unwiped or self.stuck
         )
 
 
@@ -304,6 +305,7 @@ class ChaosRun:
         found.given_twice = sorted(self.ledger.given_twice | self.shared_now())
         found.two_hosts = sorted(self.ledger.two_hosts)
         found.unwiped = sorted(self.ledger.unwiped)
+        found.given_unwiped = sorted(self.ledger.given_unwiped)
         found.stuck = self.stuck()
         found.unverified = self.ledger.unverified
         found.returns = self.ledger.returns

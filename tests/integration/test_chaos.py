@@ -57,5 +57,5 @@ def test_kills_and_a_restart_give_no_host_twice_and_leave_none_stuck_or_unwiped(
     assert found.provisioned == found.total == SIZE, summary
     assert found.given_twice == [] and found.two_hosts == [], summary
     assert found.stuck == [], summary
-    assert found.unwiped == [], summary
+    assert found.unwiped == [] and found.given_unwiped == [], summary
     assert found.returns == len(plan.delete), summary  # each freed host came back, wiped

@@ -314,6 +314,7 @@ def workload_cluster(kube: Client, plane: Plane, namespace: str) -> None:
 
 
 def node_ready(kube: Client, name: str, ready: str) -> None:
+    """The Node's conditions as its kubelet reports them: ``Ready`` as given, no pressure."""
     stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     condition = {
         "type": "Ready",
@@ -323,8 +324,22 @@ def node_ready(kube: Client, name: str, ready: str) -> None:
         "lastHeartbeatTime": stamp,
         "lastTransitionTime": stamp,
     }
+    pressures = [
+        {
+            "type": pressure,
+            "status": "False",
+            "reason": f"KubeletHasNo{pressure}",
+            "message": "played by the test",
+            "lastHeartbeatTime": stamp,
+            "lastTransitionTime": stamp,
+        }
+        for pressure in ("MemoryPressure", "DiskPressure", "PIDPressure")
+    ]
     kube.patch(
-        Node.Status, name, {"status": {"conditions": [condition]}}, patch_type=PatchType.MERGE
+        Node.Status,
+        name,
+        {"status": {"conditions": [condition, *pressures]}},
+        patch_type=PatchType.MERGE,
     )
 
 
