@@ -221,6 +221,11 @@ def test_the_remediation_flavor_is_the_default_cluster_with_a_health_check_that_
     assert check["spec"]["selector"]["matchLabels"] == {
         "cluster.x-k8s.io/deployment-name": kinds["MachineDeployment"][0]["metadata"]["name"]
     }
+    # UNHEALTHY_NODE_TIMEOUT_SECONDS unset: NotReady or Unknown for 5 minutes
+    assert [
+        (c["status"], c["timeoutSeconds"])
+        for c in check["spec"]["checks"]["unhealthyNodeConditions"]
+    ] == [("Unknown", 300), ("False", 300)]
     assert template["spec"]["template"]["spec"]["strategy"] == {
         "type": "Reboot",
         "retryLimit": 1,
