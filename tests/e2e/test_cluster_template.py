@@ -5,7 +5,9 @@ KubeadmControlPlane of one and MachineDeployment of one, and a MachineHealthChec
 tests/integration/test_clusterctl.py checks the flavour adds only that) in a lab of
 three blank UEFI hosts, applied as a person applies it, comes up Ready. Scaling the
 MachineDeployment to two makes a new Node join on the third host; scaling back to one drains and
-deletes a Node, and its host is wiped and ``available`` again.
+deletes a Node, and its host is wiped and ``available`` again. Once the first two Nodes are
+Ready, ``plunderctl dashboard`` shows the live cluster in headless Chromium: both machines'
+timelines on the cluster's page (screenshots: build/artifacts/dashboard/lab-*.png).
 
 Day two (issue #13), on the same cluster:
 
@@ -56,6 +58,7 @@ from plunder.images import binaries
 from plunder.k8s import capi
 from plunder.k8s.client import sync_client
 from plunder.k8s.resources import as_dict, resource_for
+from tests.browser import look_at_a_live_cluster
 from tests.conftest import IsolatedLab, eventually, isolated_lab, nested, plunderctl, run_ok
 from tests.e2e.day_two import AllocationWatch, LabVMs, host_name, mac_of, vm_of
 
@@ -214,6 +217,12 @@ def test_a_cluster_scales_rolls_out_is_remediated_and_goes_back_to_the_pool(
     kubectl = [*kubectl_mgmt, f"--kubeconfig={kubeconfig}"]
     eventually(lambda: len(_ready_nodes(kubectl, env)) == 2, "2 Nodes Ready", timeout=900)
     marks["2 Nodes Ready"] = time.monotonic() - started
+    # The dashboard on the live lab: both machines' timelines on the cluster's page.
+    (tmp_path / "dashboard").mkdir()
+    rows = look_at_a_live_cluster(lab.kubeconfig, "default", CLUSTER, 2, tmp_path / "dashboard")
+    assert sorted(row.split(" · ")[0] for row in rows) == sorted(
+        m["metadata"]["name"] for m in machines()
+    )
 
     # Scale up: a new Node joins, on the third host.
     run_ok([*kubectl_mgmt, "scale", "machinedeployment", MD, "--replicas=2"], env)
