@@ -120,11 +120,11 @@ def _cache(api: FakeAPI) -> dict[str, list[HostCandidate]]:
 
 
 def _gate(api: FakeAPI, cache: Mapping[str, Any], limit: int) -> ProvisioningSlots:
-    async def move(_: Answer) -> bool:
-        return True
+    async def retry(_: Mapping[str, Any]) -> None:
+        return None
 
     return ProvisioningSlots(
-        cast(AsyncClient, api), cache, SlotSettings(limit, "ns"), move, lambda _: None
+        cast(AsyncClient, api), cache, SlotSettings(limit, "ns"), retry, lambda _: None
     )
 
 
@@ -216,16 +216,14 @@ class _Controller:
         self.decided = asyncio.Event()
         self.events: list[tuple[str, str]] = []
 
-        async def move(answer: Answer) -> bool:
-            written = await host_handler.carry_out(answer, cast(AsyncClient, api), _LOG)
-            assert answer.body is not None
-            self.woken.append(answer.body["metadata"]["name"])
+        async def retry(body: Mapping[str, Any]) -> None:
+            await host_handler.move_host(body, self.memo, _LOG, woken=True)
+            self.woken.append(body["metadata"]["name"])
             self.decided.set()
-            return written
 
         self.memo.client = api
         self.memo.slots = ProvisioningSlots(
-            cast(AsyncClient, api), self.cache, SlotSettings(limit, "ns"), move, lambda _: None
+            cast(AsyncClient, api), self.cache, SlotSettings(limit, "ns"), retry, lambda _: None
         )
         monkeypatch.setattr(kopf, "event", self._event)
 

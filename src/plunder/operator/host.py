@@ -11,8 +11,7 @@ A move into ``provisioning`` or ``deprovisioning`` first takes one of the provis
 again when a slot frees. A granted move is the one decided on the copy the slot gate read at the
 host's turn, guarded by that copy's resourceVersion, not the event's copy, which may have gone
 stale while the request waited its turn. A waiting host's own events only refresh the copy it
-waits with: the gate's granter alone decides waiters, oldest first, and writes their moves
-(:func:`carry_out`, the same write as a move granted to a host's own request).
+waits with: the gate's wake task alone decides waiters, oldest first.
 """
 
 from __future__ import annotations
@@ -44,8 +43,8 @@ async def open_client(memo: kopf.Memo, **kwargs: Any) -> None:
     """One API client for the handlers' own writes, and the provisioning slots that use it."""
     memo.client = async_client(field_manager="plunder-controller")
 
-    async def move(answer: slot_gate.Answer) -> bool:
-        return await carry_out(answer, memo.client, log)
+    async def retry(body: Mapping[str, Any]) -> None:
+        await move_host(body, memo, log, woken=True)
 
     def wake_machine(key: tuple[str, str]) -> None:
         machines = getattr(memo, "machines", None)  # the machine controller, once it runs
@@ -53,7 +52,7 @@ async def open_client(memo: kopf.Memo, **kwargs: Any) -> None:
             machines.wakeups.wake(key)
 
     memo.slots = slot_gate.ProvisioningSlots(
-        memo.client, kwargs["plunderhosts_by_namespace"], slot_gate.SETTINGS, move, wake_machine
+        memo.client, kwargs["plunderhosts_by_namespace"], slot_gate.SETTINGS, retry, wake_machine
     )
 
 
@@ -71,23 +70,26 @@ async def plunderhost_event(
 ) -> None:
     """Move the host if the controller's part of the state machine says so.
 
-    The slot gate notes the event first: if it frees a slot (the host left a slot state, or is
-    gone), the waiters are decided again; a heartbeat wakes nobody.
+    A host outside the slot states (or gone) may have just freed a slot: the waiters are
+    decided again.
     """
     gate: slot_gate.ProvisioningSlots = memo.slots
     meta = body.get("metadata", {})
-    gone = type == "DELETED" or bool(meta.get("deletionTimestamp"))
-    if gone:
+    if type == "DELETED" or meta.get("deletionTimestamp"):
         gate.stop_waiting(meta.get("namespace", ""), meta.get("name", ""))
-    gate.observe(body, gone=gone)
-    if not gone:
-        await move_host(dict(body), memo, logger)
+        gate.kick()
+        return
+    await move_host(dict(body), memo, logger)
+    if (body.get("status") or {}).get("state") not in slots.SLOT_STATES:
+        gate.kick()
 
 
-async def move_host(body: Mapping[str, Any], memo: kopf.Memo, logger: kopf.Logger) -> None:
+async def move_host(
+    body: Mapping[str, Any], memo: kopf.Memo, logger: kopf.Logger, *, woken: bool = False
+) -> None:
     """Decide the host's move and write it; a move into a slot state takes a slot first.
 
-    A waiting host's own events do not ask again: the slot gate's granter decides it.
+    ``woken``: the slot gate's wake task decides a waiting host (its own events do not).
     """
     gate: slot_gate.ProvisioningSlots = memo.slots
     host = PlunderHost.model_validate(dict(body))
@@ -98,9 +100,9 @@ async def move_host(body: Mapping[str, Any], memo: kopf.Memo, logger: kopf.Logge
         return
     status = change.status
     if slots.takes_slot(hoststate.state_of(host), status.get("state")):
-        if gate.refresh(body):
+        if not woken and gate.refresh(body):
             return
-        answer = await gate.request(host, body)
+        answer = await gate.request(host)
         if answer is None:
             gate.wait(body, None)
             return
@@ -112,35 +114,12 @@ async def move_host(body: Mapping[str, Any], memo: kopf.Memo, logger: kopf.Logge
             gate.wait(answer.body, turn.decision)
             return
         gate.stop_waiting(namespace, name)
-        await carry_out(answer, memo.client, logger)
-        return
-    await write_move(body, host, change, memo.client, logger)
-
-
-async def carry_out(answer: slot_gate.Answer, client: AsyncClient, logger: kopf.Logger) -> bool:
-    """Write the move a slot was granted for (decided on the gate's fresh copy); whether it was.
-
-    A fresh copy that needs no move (any more) is done, and counts as written.
-    """
-    turn = answer.turn
-    if answer.body is None or turn.host is None or turn.change.status is None:
-        return True
-    return await write_move(answer.body, turn.host, turn.change, client, logger)
-
-
-async def write_move(
-    body: Mapping[str, Any],
-    host: PlunderHost,
-    change: hoststate.Change,
-    client: AsyncClient,
-    logger: kopf.Logger,
-) -> bool:
-    """Write ``change`` (decided on ``host``, whose raw copy is ``body``) and post its Event."""
-    status = change.status
-    if status is None:
-        return True
+        if turn.change.status is None:  # the fresh copy needs no move (any more)
+            return
+        body, host, change, status = answer.body, turn.host, turn.change, turn.change.status
+    client: AsyncClient = memo.client
     if not await write_status(client, host, status, logger):
-        return False
+        return
     if change.event is not None:
         reason, message, kind = change.event
         kopf.event(kopf.Body(cast(Any, body)), type=kind, reason=reason, message=message)
@@ -150,17 +129,13 @@ async def write_move(
         hoststate.state_of(host),
         status.get("state"),
     )
-    return True
 
 
 _WRITE_ATTEMPTS = 5
 
 
 async def write_status(
-    client: AsyncClient,
-    host: PlunderHost,
-    status: dict[str, Any],
-    logger: kopf.Logger,
+    client: AsyncClient, host: PlunderHost, status: dict[str, Any], logger: kopf.Logger
 ) -> bool:
     """Write the move, guarded by the resourceVersion it was decided on; whether it was written.
 
