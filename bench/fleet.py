@@ -60,7 +60,8 @@ class Timings:
     """How long a simulated host takes for what the simulator does not do for real."""
 
     poll_seconds: float = 2.0
-    """The parked agent's work poll (agent.sh: ``wait) sleep 2``)."""
+    """The parked agent's least work poll interval (agent.sh's, when the boot service sends no
+    longer ``retry=``)."""
     boot_seconds: float = 1.0
     """Firmware, iPXE and kernel until the agent's (or cloud-init's) first call."""
     write_seconds: tuple[float, float] = (1.0, 5.0)
@@ -69,6 +70,16 @@ class Timings:
     """agent.sh's pause after an answer that was not a yes (and iPXE's "ask again")."""
     power_on_spread: float = 5.0
     """Hosts are switched on over this many seconds (a rack's power sequencing)."""
+
+
+def parked_wait(retry: str | None, floor: float) -> float:
+    """Seconds a parked agent waits before asking again (agent.sh's ``poll_seconds``).
+
+    The boot service's ``retry=``, at most 300; none or nonsense: ``floor``. The simulator keeps
+    ``floor`` as the least it waits, so ``--poll-seconds`` still slows it.
+    """
+    seconds = int(retry) if retry is not None and retry.isdigit() else 0
+    return max(floor, float(min(seconds, 300)))
 
 
 def mac_of(index: int, prefix: str = "02:fe") -> str:
@@ -134,7 +145,10 @@ class SimHost:
 
 
 class Fleet(threading.Thread):
-    """``size`` simulated hosts against the boot service at ``boot_url`` (see the module)."""
+    """``size`` simulated hosts against the boot service at ``boot_url`` (see the module).
+
+    ``mac_prefix``: the first two bytes of every host's MAC (fleets side by side keep theirs apart).
+    """
 
     def __init__(
         self,
@@ -145,6 +159,7 @@ class Fleet(threading.Thread):
         timings: Timings = Timings(),  # noqa: B008 - frozen
         connections: int = 256,
         seed: int = 0,
+        mac_prefix: str = "02:fe",
     ) -> None:
         super().__init__(daemon=True)
         self.kubeconfig = kubeconfig
@@ -155,7 +170,7 @@ class Fleet(threading.Thread):
         self.connections = connections
         self.random = random.Random(seed)
         self.calls = Calls()
-        self.hosts = [SimHost(i, mac_of(i)) for i in range(size)]
+        self.hosts = [SimHost(i, mac_of(i, mac_prefix)) for i in range(size)]
         self.by_mac = {host.mac: host for host in self.hosts}
         self.states: dict[str, tuple[str, bool]] = {}
         """MAC → (state, claimed) as the watch last saw it."""
@@ -287,7 +302,8 @@ class Fleet(threading.Thread):
                 host.token = None
                 await self._lookup(host)
                 continue
-            action = _fields(text).get("action") if status == 200 else None
+            fields = _fields(text) if status == 200 else {}
+            action = fields.get("action")
             if action == "provision":
                 if await self._provision(host):
                     return
@@ -296,7 +312,9 @@ class Fleet(threading.Thread):
             elif action == "reboot":
                 return
             await asyncio.sleep(
-                self.timings.poll_seconds if action == "wait" else self.timings.retry_seconds
+                parked_wait(fields.get("retry"), self.timings.poll_seconds)
+                if action == "wait"
+                else self.timings.retry_seconds
             )
 
     async def _lookup(self, host: SimHost) -> None:

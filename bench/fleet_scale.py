@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -114,6 +115,24 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
+def timings(args: argparse.Namespace) -> Timings:
+    """The simulated hosts' timings, from the options of :func:`add_fleet_options`."""
+    return Timings(
+        poll_seconds=args.poll_seconds,
+        boot_seconds=args.boot_seconds,
+        write_seconds=tuple(args.write_seconds),
+        power_on_spread=args.power_on_spread,
+    )
+
+
+def answer_notes(fleet: Fleet) -> list[str]:
+    """The boot service's answers that were not a yes, and a few hosts left behind."""
+    yes = (" 200", " 204", "seed 404")  # the seed's network-config: none (DHCP)
+    bad = {k: v for k, v in fleet.calls.statuses.items() if not k.endswith(yes)}
+    notes = [f"answers that were not a yes: {dict(sorted(bad.items()))}"] if bad else []
+    return notes + [f"left behind: {line}" for line in fleet.behind()]
+
+
 def wait(
     what: str,
     done: Callable[[], bool],
@@ -150,15 +169,9 @@ def one_size(
     here = folder / namespace
     here.mkdir(parents=True)
     boot = DiscoveringBoot(plane.kubeconfig, here / "boot.log", namespace, here / "boot", size)
-    limit = ("--provisioning-limit", str(size))
+    limit = ("--provisioning-limit", str(size), *shlex.split(args.controller_args))
     controller = Controller(plane, here / "controller.log", namespace, limit)
-    timings = Timings(
-        poll_seconds=args.poll_seconds,
-        boot_seconds=args.boot_seconds,
-        write_seconds=tuple(args.write_seconds),
-        power_on_spread=args.power_on_spread,
-    )
-    fleet = Fleet(plane.kubeconfig, namespace, boot.url, size, timings, args.connections)
+    fleet = Fleet(plane.kubeconfig, namespace, boot.url, size, timings(args), args.connections)
     timeout = args.timeout
     try:
         boot.start()
@@ -227,12 +240,7 @@ def one_size(
         result.boot_cpu_s = cpu_seconds(boot.process.pid) - cpu["boot"]
         rate, p99 = fleet.calls.rate_and_p99(began, ended)
         result.boot_rate, result.boot_p99_ms = rate, p99 * 1000
-        yes = (" 200", " 204", "seed 404")  # the seed's network-config: none (DHCP)
-        bad = {k: v for k, v in fleet.calls.statuses.items() if not k.endswith(yes)}
-        if bad:
-            result.notes.append(f"answers that were not a yes: {dict(sorted(bad.items()))}")
-        for line in fleet.behind():
-            result.notes.append(f"left behind: {line}")
+        result.notes.extend(answer_notes(fleet))
     finally:
         fleet.stop()
         controller.stop()
@@ -262,6 +270,7 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         f"\nfleet at scale (kube-apiserver {version}; poll {args.poll_seconds}s, boot "
         f"{args.boot_seconds}s, write {args.write_seconds[0]}-{args.write_seconds[1]}s, "
         f"{args.connections} connections; load average {os.getloadavg()[0]:.1f})"
+        + (f"\ncontroller: {args.controller_args}" if args.controller_args else "")
     )
     header = (
         f"{'hosts':>6} {'inspected':>9} {'up':>8} {'down':>8} {'ctl RSS':>8} {'ctl CPU':>8} "
@@ -306,6 +315,16 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             )
 
 
+def add_fleet_options(parser: argparse.ArgumentParser) -> None:
+    """The simulated fleet's options (its timings and connections) and the phases' timeout."""
+    parser.add_argument("--poll-seconds", type=float, default=Timings.poll_seconds)
+    parser.add_argument("--boot-seconds", type=float, default=Timings.boot_seconds)
+    parser.add_argument("--write-seconds", type=float, nargs=2, default=Timings.write_seconds)
+    parser.add_argument("--power-on-spread", type=float, default=Timings.power_on_spread)
+    parser.add_argument("--connections", type=int, default=256, help="the fleet's, at once")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="per phase, seconds")
+
+
 def main(args: argparse.Namespace) -> int:
     sizes = [int(size) for size in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="fleet-scale-") as temporary:
@@ -330,13 +349,13 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="100,1000", help="comma-separated host counts")
-    parser.add_argument("--poll-seconds", type=float, default=Timings.poll_seconds)
-    parser.add_argument("--boot-seconds", type=float, default=Timings.boot_seconds)
-    parser.add_argument("--write-seconds", type=float, nargs=2, default=Timings.write_seconds)
-    parser.add_argument("--power-on-spread", type=float, default=Timings.power_on_spread)
-    parser.add_argument("--connections", type=int, default=256, help="the fleet's, at once")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="per phase, seconds")
+    add_fleet_options(parser)
     parser.add_argument("--no-ironic", dest="ironic", action="store_false")
+    parser.add_argument(
+        "--controller-args",
+        default="",
+        help='more controller options, e.g. "--kube-api-qps 50 --machine-workers 4"',
+    )
     parser.add_argument("--breakdown", action="store_true", help="API requests by verb")
     parser.add_argument("--keep", type=Path, help="keep logs here (else a temporary folder)")
     sys.exit(main(parser.parse_args()))

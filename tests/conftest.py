@@ -37,7 +37,7 @@ from plunder.images import binaries
 from plunder.k8s import client as k8s_client
 from plunder.k8s import crds
 from plunder.k8s.resources import resource_for
-from plunder.lab import capi, network, processes
+from plunder.lab import capi, network, processes, providers
 from plunder.lab.pki import PlanePKI
 from plunder.lab.plane import Plane, start_plane
 
@@ -72,9 +72,14 @@ def plane(
 
 @pytest.fixture(scope="session")
 def kube(plane: Plane) -> Client:
-    """An admin client of the plane, with this project's CRDs and Cluster API's installed."""
+    """An admin client of the plane, with this project's CRDs installed.
+
+    The provider is recorded as ``clusterctl init`` records it, as the lab does
+    (:mod:`plunder.lab.providers`).
+    """
     client = k8s_client.sync_client(plane.kubeconfig)
     crds.install_plunder_crds(client)
+    providers.record_plunder(client)
     return client
 
 

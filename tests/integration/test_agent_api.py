@@ -132,7 +132,11 @@ async def test_inspection_and_the_token_rules(
     host = await wait_state(kube, namespace, "available")
     assert host["status"]["hardware"]["disks"][0]["sizeBytes"] == 2147483648
     assert [p["name"] for p in host["status"]["phases"]] == ["inspecting"]
-    assert await call(boot, "GET", f"/agent/v1/{MAC}/work", token) == (200, "action=wait\n")
+    # Parked: asked to wait, and for how long (a fleet of one polls every 2 s).
+    assert await call(boot, "GET", f"/agent/v1/{MAC}/work", token) == (
+        200,
+        "action=wait\nretry=2\n",
+    )
 
     # A token in use is never issued again, and a PXE request does not touch it.
     assert (await call(boot, "GET", f"/boot.ipxe?mac={MAC}"))[0] == 200

@@ -276,7 +276,7 @@ async def test_an_attacker_on_the_provisioning_network_gets_nothing_and_the_host
     assert (await attacker.call("POST", f"/agent/v1/{VICTIM}/lookup"))[0] == 409
     assert await victim.call("GET", f"/agent/v1/{VICTIM}/work", wipe_token) == (
         200,
-        "action=wait\n",
+        "action=wait\nretry=2\n",
     )
     print(
         "\nattacker: refused",
@@ -412,7 +412,7 @@ async def test_a_host_nobody_accepted_is_inspected_but_never_written(
     await cache_shows(boot, state_is("provisioning"))
     assert await victim.call("GET", f"/agent/v1/{VICTIM}/work", token) == (
         200,
-        "action=wait\nreason=not accepted\n",
+        "action=wait\nreason=not accepted\nretry=2\n",
     )
     assert (await victim.call("GET", f"/agent/v1/{VICTIM}/cloud-init/user-data", token))[0] == 403
     patch(kube, namespace, {"status": {"state": "deprovisioning"}}, status=True)

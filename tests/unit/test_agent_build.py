@@ -215,6 +215,24 @@ def test_work_values_are_read_from_key_value_lines(tmp_path: Path) -> None:
     assert out == "provision\nhttp://s/i.raw?a=b&c=d\n[]\n"
 
 
+@pytest.mark.parametrize(
+    ("answer", "seconds"),
+    [
+        (b"action=wait\nretry=40\n", "40"),
+        (b"action=wait\r\nretry=7\r\n", "7"),
+        (b"action=wait\n", "2"),
+        (b"action=wait\nretry=; reboot -f\n", "2"),
+        (b"action=wait\nretry=-5\n", "2"),
+        (b"action=wait\nretry=99999\n", "300"),
+    ],
+)
+def test_a_parked_agent_waits_as_long_as_the_boot_service_says_within_bounds(
+    tmp_path: Path, answer: bytes, seconds: str
+) -> None:
+    (tmp_path / "work.txt").write_bytes(answer)
+    assert _agent_sh(f'RUN="{tmp_path}"; poll_seconds') == seconds + "\n"
+
+
 def test_partitions_are_named_as_the_kernel_names_them() -> None:
     out = _agent_sh("partition_path /dev/vda 1; partition_path /dev/nvme0n1 1")
     assert out == "/dev/vda1\n/dev/nvme0n1p1\n"
@@ -293,3 +311,60 @@ def test_the_write_reports_its_byte_counts_while_the_image_streams(tmp_path: Pat
     posted = (tmp_path / "posted").read_text().splitlines()
     assert len(posted) >= 3 and posted[:3][2] == "total=681574400", posted
     assert re.fullmatch(r"downloaded=\d+", posted[0]) and re.fullmatch(r"written=\d+", posted[1])
+
+
+# wget as the boot service answers a status report: the lines of $RUN/answers in turn, the last
+# repeated ("ok" a success, else wget's error line); each report's first line goes to
+# $RUN/posted. The boot's log (sent before an outcome) is always taken.
+_ANSWERS = (
+    "wget() { while [ $# -gt 1 ]; do\n"
+    '  [ "$1" = --post-file ] && body=$2; shift; done\n'
+    '  case $1 in */log) return 0 ;; esac; head -n 1 "$body" >>"$RUN/posted"\n'
+    '  calls=$((${calls:-0} + 1)); answer=$(sed -n "${calls}p" "$RUN/answers")\n'
+    '  [ -n "$answer" ] || answer=$(tail -n 1 "$RUN/answers")\n'
+    '  [ "$answer" = ok ] && return 0; echo "wget: $answer" >&2; return 1; }\n'
+    'timeout() { shift; "$@"; }\nsleep() { :; }\n'
+)
+
+
+def _report(tmp_path: Path, answers: list[str], phase: str) -> tuple[str, list[str]]:
+    (tmp_path / "answers").write_text("\n".join(answers) + "\n")
+    out = _agent_sh(
+        "RUN=$1 MAC=00:50:56:a5:11:20 SERVER=http://192.0.2.1:8080 TOKEN=t\n"
+        + _ANSWERS
+        + f'if report {phase} Reason "a message" 42; then echo taken; else echo "gave up"; fi',
+        str(tmp_path),
+    )
+    posted = (tmp_path / "posted").read_text().splitlines()
+    return out.splitlines()[-1], posted
+
+
+def test_an_outcome_is_sent_until_the_boot_service_takes_it(tmp_path: Path) -> None:
+    """A restart of the boot service or of its API server loses no "done".
+
+    The host reboots only after the boot service recorded it; else the reboot reads as a write
+    cut off (a chaos run's kube-apiserver restart of 17 s outlasted the five tries there were).
+    """
+    away = ["can't connect to remote host: Connection refused"] * 12
+    away += ["server returned error: HTTP/1.1 500 Internal Server Error"] * 8
+    said, posted = _report(tmp_path, [*away, "ok"], "done")
+    assert said == "taken"
+    assert posted == ["phase=done"] * 21
+
+
+@pytest.mark.parametrize("refusal", ["403 Forbidden", "409 Conflict"])
+def test_an_outcome_the_boot_service_refuses_is_not_sent_again(
+    tmp_path: Path, refusal: str
+) -> None:
+    """403 (this boot's token is void) or 409 (no work under way, or a "done" recorded already)."""
+    said, posted = _report(tmp_path, [f"server returned error: HTTP/1.1 {refusal}"], "done")
+    assert said == "gave up"
+    assert posted == ["phase=done"]
+
+
+def test_progress_is_sent_once_and_may_be_missed(tmp_path: Path) -> None:
+    said, posted = _report(
+        tmp_path, ["can't connect to remote host: Connection refused"], "writing"
+    )
+    assert said == "taken"
+    assert posted == ["phase=writing"]

@@ -58,7 +58,14 @@ def test_infrastructure_kinds_carry_the_contract_labels() -> None:
             assert labels["cluster.x-k8s.io/v1beta1"] == "v1alpha1"
             assert labels["cluster.x-k8s.io/v1beta2"] == "v1alpha1"
         else:
-            assert "cluster.x-k8s.io/provider" not in labels
+            assert "cluster.x-k8s.io/provider" not in labels  # config/default adds it
+
+
+def test_clusterctl_move_takes_every_host_with_what_it_owns() -> None:
+    from plunder.api.inventory import PlunderHost
+
+    labels = crdgen.custom_resource_definition(PlunderHost)["metadata"]["labels"]
+    assert labels == {"clusterctl.cluster.x-k8s.io/move-hierarchy": ""}
 
 
 def test_printer_columns_are_what_a_person_asked_for() -> None:

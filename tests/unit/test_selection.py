@@ -6,9 +6,9 @@ from collections import Counter
 
 from plunder.api.common import LabelSelector, LabelSelectorRequirement
 from plunder.reconcile.selection import (
+    SAMPLE,
     Consumer,
     HostCandidate,
-    bound_host,
     choose_host,
     failure_domains,
     selector_matches,
@@ -109,14 +109,38 @@ def test_order_is_stable_per_machine_and_spread_across_machines() -> None:
     assert len(firsts) >= 8, "twenty machines all trying the same few hosts first"
 
 
-def test_bound_host_and_failure_domains() -> None:
+def test_in_a_big_pool_a_host_few_match_is_still_found() -> None:
+    pool = [host(f"h{i:05d}", size="small") for i in range(SAMPLE * 100)]
+    pool[4321] = host("h04321", size="big")
+    big = LabelSelector(match_labels={"size": "big"})
+    assert choose_host(pool, "machine-a", big) == pool[4321]
+    assert choose_host(pool, "machine-a", big, exclude=frozenset({"h04321"})) is None
+
+
+def test_in_a_big_pool_taken_hosts_are_passed_over_and_machines_spread() -> None:
+    pool = [host(f"h{i:05d}") for i in range(SAMPLE * 50)]
+    first = choose_host(pool, "machine-a")
+    assert first is not None and first.free
+    again = choose_host(pool, "machine-a", exclude=frozenset({first.name}))
+    assert again is not None and again.name != first.name, "a retry tries the next host"
+    assert choose_host(pool, "machine-a") == first, "the same machine ranks the same way"
+    claimed = [
+        h if i % 10 else HostCandidate(h.name, "ns", h.uid, "2", h.mac, "provisioning")
+        for i, h in enumerate(pool)
+    ]
+    for i in range(50):
+        chosen = choose_host(claimed, f"machine-{i}")
+        assert chosen is not None and chosen.free
+    firsts = Counter(getattr(choose_host(pool, f"machine-{i}"), "name", None) for i in range(50))
+    assert len(firsts) >= 45, "fifty machines mostly try different hosts first"
+
+
+def test_failure_domains_are_the_distinct_values_of_the_label() -> None:
     mine = Consumer("PlunderMachine", "ns", "m1")
     hosts = [
         host("h01", zone="a"),
         HostCandidate("h02", "ns", "u", "1", "m", "provisioned", {"zone": "b"}, mine),
     ]
-    assert bound_host(hosts, mine) == hosts[1]
-    assert bound_host(hosts, Consumer("PlunderMachine", "ns", "m2")) is None
     assert failure_domains([*hosts, host("h03", zone="a"), host("h04")], "zone") == ["a", "b"]
 
 

@@ -22,7 +22,8 @@ from lightkube.resources.core_v1 import ConfigMap
 
 from plunder.api.inventory import PlunderHost
 from plunder.operator import host as host_handler
-from plunder.operator.slots import ProvisioningSlots, SlotSettings
+from plunder.operator.controller_settings import SlotSettings
+from plunder.operator.slots import ProvisioningSlots
 from plunder.reconcile import hoststate, slots
 from plunder.reconcile.selection import HostCandidate
 
@@ -120,11 +121,11 @@ def _cache(api: FakeAPI) -> dict[str, list[HostCandidate]]:
 
 
 def _gate(api: FakeAPI, cache: Mapping[str, Any], limit: int) -> ProvisioningSlots:
-    async def retry(_: Mapping[str, Any]) -> None:
-        return None
+    async def move(_: Answer) -> bool:
+        return True
 
     return ProvisioningSlots(
-        cast(AsyncClient, api), cache, SlotSettings(limit, "ns"), retry, lambda _: None
+        cast(AsyncClient, api), cache, SlotSettings(limit, "ns"), move, lambda _: None
     )
 
 
@@ -216,14 +217,16 @@ class _Controller:
         self.decided = asyncio.Event()
         self.events: list[tuple[str, str]] = []
 
-        async def retry(body: Mapping[str, Any]) -> None:
-            await host_handler.move_host(body, self.memo, _LOG, woken=True)
-            self.woken.append(body["metadata"]["name"])
+        async def move(answer: Answer) -> bool:
+            written = await host_handler.carry_out(answer, cast(AsyncClient, api), _LOG)
+            assert answer.body is not None
+            self.woken.append(answer.body["metadata"]["name"])
             self.decided.set()
+            return written
 
         self.memo.client = api
         self.memo.slots = ProvisioningSlots(
-            cast(AsyncClient, api), self.cache, SlotSettings(limit, "ns"), retry, lambda _: None
+            cast(AsyncClient, api), self.cache, SlotSettings(limit, "ns"), move, lambda _: None
         )
         monkeypatch.setattr(kopf, "event", self._event)
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from plunder.api.infrastructure import PlunderMachine
-from plunder.api.inventory import PlunderHost
+from plunder.api.inventory import PAUSED_ANNOTATION, PlunderHost
 from plunder.reconcile import machine as decide
 from plunder.reconcile import slots
 from plunder.reconcile.selection import HostCandidate
@@ -122,6 +122,14 @@ def test_a_turn_whose_fresh_copy_needs_no_slot_any_more_writes_no_ledger() -> No
     # deleted meanwhile
     gone = slots.decide_turn(None, {}, set(), 1, NOW)
     assert gone.host is None and not gone.granted
+
+
+def test_a_turn_whose_fresh_copy_was_paused_meanwhile_moves_nothing() -> None:
+    # its Cluster was paused for clusterctl move while it waited: no move, no slot
+    paused = _copy("8")
+    paused.metadata.annotations = {PAUSED_ANNOTATION: "plunder.dev/cluster"}
+    turn = slots.decide_turn(paused, {}, set(), 1, NOW)
+    assert turn.decision is None and turn.change.status is None
 
 
 def test_a_turn_keeps_the_slot_a_host_holds_and_names_its_new_version() -> None:

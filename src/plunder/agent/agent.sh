@@ -195,6 +195,7 @@ http_result() {
 	[ "$1" -eq 0 ] && return 0
 	grep -q ' 404 ' "$RUN/wget.err" 2>/dev/null && return 4
 	grep -q ' 403 ' "$RUN/wget.err" 2>/dev/null && return 3
+	grep -q ' 409 ' "$RUN/wget.err" 2>/dev/null && return 5
 	return 1
 }
 
@@ -235,21 +236,39 @@ http_error() {
 }
 
 # report PHASE REASON MESSAGE [BYTES] [DISK_BPS] [IMAGE_BYTES]: POST the status as key=value
-# lines. An outcome (done, failed) sends the boot's log first: after a "done" the host reboots,
-# and the boot service takes no log once the write has ended.
+# lines. Progress is sent once and may be missed. An outcome (done, failed) must arrive: the host
+# reboots after a provisioning's "done", and a reboot the boot service never heard of reads as a
+# write cut off (ProvisioningInterrupted). So an outcome is sent until the boot service takes
+# it, however long it or its API server is away (a restart); only a refusal ends that, with
+# status 1 (403: this boot's token is void; 409: no work under way any more, which is also the
+# answer to a "done" already recorded whose first answer was lost). A provisioning's "done" is
+# followed by the reboot either way: what the host boots next is the boot service's decision.
+# The boot's log goes first: none is taken after the write ends.
 report() {
 	message=$(printf '%s' "$3" | tr '\r\n' '  ' | cut -c1-200)
 	printf 'phase=%s\nreason=%s\nmessage=%s\nbytes=%s\ndisk_bps=%s\nimage_bytes=%s\n' "$1" "$2" \
 		"$message" "${4:-0}" "${5:-}" "${6:-}" >"$RUN/status.txt"
 	log "status $1 $2${4:+ bytes=$4}"
 	note "  $message"
-	# An outcome must arrive (the host reboots after "done"); progress may be missed.
-	attempts=1
-	case $1 in done | failed) attempts=5 && send_log ;; esac
-	while ! api_post status text/plain "$RUN/status.txt"; do
-		log "status report failed: $(http_error)"
-		attempts=$((attempts - 1))
-		[ $attempts -gt 0 ] || return 1
+	case $1 in
+	done | failed) send_log ;;
+	*)
+		api_post status text/plain "$RUN/status.txt" || log "status report failed: $(http_error)"
+		return 0
+		;;
+	esac
+	failures=0
+	while :; do
+		api_post status text/plain "$RUN/status.txt"
+		result=$?
+		[ $result -eq 0 ] && return 0
+		if [ $result -eq 3 ] || [ $result -eq 5 ]; then
+			log "status $1 refused: $(http_error)"
+			return 1
+		fi
+		failures=$((failures + 1))
+		# One line now and then, not one every try, while the service is away.
+		[ $((failures % 15)) -eq 1 ] && log "status report failed: $(http_error); sending it again"
 		sleep 2
 	done
 }
@@ -364,6 +383,16 @@ inspect() {
 # work_value KEY: the value of KEY= in the last work answer.
 work_value() {
 	sed -n "s/^$1=//p" "$RUN/work.txt" | head -n 1 | tr -d '\r'
+}
+
+# poll_seconds: how long to wait before asking for work again: the boot service's retry= (it
+# spreads a big fleet's polls), 2 if it sent none or nonsense, never more than 300.
+poll_seconds() {
+	retry=$(work_value retry)
+	case $retry in
+	'' | *[!0-9]*) echo 2 ;;
+	*) [ "$retry" -gt 300 ] && echo 300 || echo "$retry" ;;
+	esac
 }
 
 # partition_path DISK N: /dev/vda 1 -> /dev/vda1, /dev/nvme0n1 1 -> /dev/nvme0n1p1.
@@ -645,7 +674,7 @@ provision() {
 	fi
 	rm -f "$SEED"/*
 	sync
-	report "done" Provisioned "image written and seeded in ${seconds}s" "$written"
+	report "done" Provisioned "image written and seeded in ${seconds}s" "$written" || true
 	log "rebooting into the installed OS"
 	sync
 	reboot -f
@@ -749,7 +778,7 @@ work_loop() {
 		failures=0
 		action=$(work_value action)
 		case $action in
-		wait) sleep 2 ;;
+		wait) sleep "$(poll_seconds)" ;;
 		provision) provision || sleep 2 ;;
 		wipe) wipe || sleep 2 ;;
 		reboot)

@@ -22,6 +22,17 @@ PROVIDER_LABEL = "cluster.x-k8s.io/provider"
 PROVIDER_NAME = "infrastructure-plunder"
 CLUSTER_NAME_LABEL = "cluster.x-k8s.io/cluster-name"
 
+CLUSTERCTL_LABEL = "clusterctl.cluster.x-k8s.io"
+"""clusterctl's mark on every component it installed: ``clusterctl move`` considers only the kinds
+whose CRD carries it."""
+MOVE_LABEL = "clusterctl.cluster.x-k8s.io/move"
+"""On a CRD or an object: ``clusterctl move`` takes it along even when no Cluster owns it."""
+MOVE_HIERARCHY_LABEL = "clusterctl.cluster.x-k8s.io/move-hierarchy"
+"""On a CRD: ``clusterctl move`` takes every object of the kind along, with what it owns."""
+BLOCK_MOVE_ANNOTATION = "clusterctl.cluster.x-k8s.io/block-move"
+"""On an object to be moved: ``clusterctl move`` waits (after pausing the Clusters) until it is
+gone, so the provider can make the object ready first."""
+
 MAC_PATTERN = rules.MAC
 
 

@@ -17,6 +17,7 @@ from plunder.api import rules
 from plunder.api.base import KubeModel, PrinterColumn, Resource, ResourceInfo, cel, validations
 from plunder.api.common import (
     INVENTORY_GROUP,
+    MOVE_HIERARCHY_LABEL,
     VERSION,
     Condition,
     DeploymentType,
@@ -43,6 +44,20 @@ UNHEALTHY_ANNOTATION = "plunder.dev/unhealthy"
 """On a PlunderHost: it failed remediation (its value says which and why), so no machine claims
 it until a person removes the annotation (``plunderctl host clear-unhealthy``). CAPM3's
 ``capm3.metal3.io/unhealthy``."""
+
+PAUSED_ANNOTATION = "plunder.dev/paused"
+"""On a PlunderHost: nothing acts on it (no state move, no power action, no release) while it is
+there. Its value says who paused it: the machine controller writes :data:`PAUSED_BY_CLUSTER`
+while the host's machine is paused (its Cluster is, for ``clusterctl move``) and removes only
+that value; a person may pause a host with any other. Metal3's
+``baremetalhost.metal3.io/paused``."""
+PAUSED_BY_CLUSTER = "plunder.dev/cluster"
+"""The value of :data:`PAUSED_ANNOTATION` the machine controller writes (CAPM3's
+``metal3.io/capm3``)."""
+STATUS_RECORD_ANNOTATION = "plunder.dev/status"
+"""On a PlunderHost: a copy of its status, written when the host is paused for its machine's
+Cluster (``clusterctl move`` carries annotations but no status); a host that arrives with one
+and no status has its status rebuilt from it. Metal3's ``baremetalhost.metal3.io/status``."""
 
 # The forms the power drivers parse (plunder.power.base.parse_address); host and port are
 # checked by the URL rules, so an IPv6 BMC is written ipmi://[fd00::9]:623.
@@ -267,6 +282,10 @@ class PlunderHost(Resource):
         plural="plunderhosts",
         short_names=("plh",),
         categories=("plunder",),
+        # clusterctl move takes every host of the namespace along (with what the host owns),
+        # as Metal3 labels its BareMetalHost CRD. The provider label comes with the release
+        # (config/default) and clusterctl's own label with its install.
+        labels={MOVE_HIERARCHY_LABEL: ""},
         printer_columns=(
             PrinterColumn("MAC", ".spec.bootMACAddress", description="Boot MAC address"),
             PrinterColumn("Vendor", ".status.vendor", description="NIC vendor (IEEE OUI)"),

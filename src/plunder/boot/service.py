@@ -43,7 +43,12 @@ class BootService:
     def __init__(self, settings: BootSettings, kubeconfig: Path | None) -> None:
         self.settings = settings
         self.client = async_client(kubeconfig, field_manager="plunder-boot")
-        self.backend = KubeHostBackend(self.client, settings.namespace, settings.last_seen_interval)
+        self.backend = KubeHostBackend(
+            self.client,
+            settings.namespace,
+            settings.last_seen_interval,
+            settings.last_seen_writes_per_second,
+        )
         self.agent_logs = AgentLogStore(
             self.client, settings.namespace, settings.agent_log_interval
         )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Literal
+
+AGENT_POLL_SECONDS = 2
+"""How often a parked agent asks for work when the fleet is small (agent.sh's own default)."""
 
 DhcpMode = Literal["full", "proxy", "off"]
 
@@ -81,6 +85,14 @@ class BootSettings:
     """How often a parked host asks again for work."""
     last_seen_interval: float = 30.0
     """Write a host's lastSeen at most this often (each poll would otherwise be a write)."""
+    last_seen_writes_per_second: float = 50.0
+    """lastSeen writes a second across every host: a fleet that polls at once gets its lastSeen
+    written less often (oldest first), never more writes than this (issue #14: at 10,000 hosts
+    the heartbeats were a sixth of the boot service's time, and each woke the controller)."""
+    work_polls_per_second: float = 250.0
+    """The parked agents' work polls a second, together: each is told to wait (hosts / this)
+    seconds before it asks again, never less than :data:`AGENT_POLL_SECONDS` (at 10,000 hosts
+    polling every 2 s, the boot service could not keep up and provisioning stalled)."""
     ipxe_dir: Path = Path("/usr/lib/ipxe")
     """Where Debian's ipxe package puts undionly.kpxe and ipxe.efi."""
     dhcp: DhcpSettings = field(default_factory=DhcpSettings)
@@ -105,3 +117,8 @@ class BootSettings:
     def http_base(self) -> str:
         """The URL hosts use to reach this service."""
         return f"http://{self.address}:{self.http_port}"
+
+
+def work_poll_seconds(hosts: int, polls_per_second: float) -> int:
+    """How long a parked agent waits before it asks again, so ``hosts`` poll at the rate."""
+    return max(AGENT_POLL_SECONDS, math.ceil(hosts / polls_per_second))

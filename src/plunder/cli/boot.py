@@ -66,6 +66,21 @@ from plunder.cli import options
     "--poll-seconds", default=3, show_default=True, help="How often a parked host asks for work."
 )
 @click.option(
+    "--work-polls-per-second",
+    type=click.FloatRange(min=1),
+    default=BootSettings.work_polls_per_second,
+    show_default=True,
+    help="Parked agents' work polls a second, together: each is told to wait hosts/this "
+    "seconds (at least 2) before asking again.",
+)
+@click.option(
+    "--last-seen-writes-per-second",
+    type=click.FloatRange(min=1),
+    default=BootSettings.last_seen_writes_per_second,
+    show_default=True,
+    help="lastSeen heartbeat writes a second, across every host (oldest due first).",
+)
+@click.option(
     "--auto-accept/--no-auto-accept",
     default=False,
     show_default=True,
@@ -107,6 +122,8 @@ def boot(
     files_dir: Path | None,
     namespace: str,
     poll_seconds: int,
+    work_polls_per_second: float,
+    last_seen_writes_per_second: float,
     auto_accept: bool,
     discovery: bool,
     max_pending_hosts: int,
@@ -123,6 +140,8 @@ def boot(
         files_dir=files_dir,
         namespace=namespace,
         poll_seconds=poll_seconds,
+        work_polls_per_second=work_polls_per_second,
+        last_seen_writes_per_second=last_seen_writes_per_second,
         discovery=DiscoverySettings(
             enabled=discovery,
             auto_accept=auto_accept,

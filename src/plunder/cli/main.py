@@ -20,7 +20,8 @@ from rich.table import Table
 from plunder import __version__
 from plunder.api import crdgen
 from plunder.cli import options
-from plunder.reconcile.slots import DEFAULT_LIMIT as DEFAULT_PROVISIONING_LIMIT
+from plunder.operator.controller_settings import DEADLINE_DEFAULTS, SLOT_DEFAULTS
+from plunder.operator.controller_settings import DEFAULTS as CONTROLLER_DEFAULTS
 
 console = Console()
 err_console = Console(stderr=True)
@@ -99,7 +100,7 @@ def render_policies() -> str:
 @click.option(
     "--provisioning-timeout",
     type=click.FloatRange(min=1),
-    default=1800,
+    default=DEADLINE_DEFAULTS.provisioning_timeout_s,
     show_default=True,
     help="Seconds from the start of provisioning to the installed OS's phone home; then the "
     "host goes to error (ProvisioningTimeout).",
@@ -107,7 +108,7 @@ def render_policies() -> str:
 @click.option(
     "--deprovisioning-timeout",
     type=click.FloatRange(min=1),
-    default=900,
+    default=DEADLINE_DEFAULTS.deprovisioning_timeout_s,
     show_default=True,
     help="Seconds from the start of deprovisioning to the agent's report of the wipe; then "
     "the host is power-cycled again (DeprovisioningRetried). It is never given unwiped.",
@@ -115,7 +116,7 @@ def render_policies() -> str:
 @click.option(
     "--provisioning-limit",
     type=click.IntRange(min=1),
-    default=DEFAULT_PROVISIONING_LIMIT,
+    default=SLOT_DEFAULTS.provisioning_limit,
     show_default=True,
     envvar="PLUNDER_PROVISIONING_LIMIT",
     show_envvar=True,
@@ -130,6 +131,44 @@ def render_policies() -> str:
     show_envvar=True,
     help="Serve Prometheus metrics at /metrics on this port (all addresses); off by default.",
 )
+@click.option(
+    "--kube-api-qps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=CONTROLLER_DEFAULTS.client.qps,
+    show_default=True,
+    help="The controller's own requests a second to the API server, after a burst "
+    "(client-go's QPS; kopf's watches and bookkeeping patches are not counted).",
+)
+@click.option(
+    "--kube-api-burst",
+    type=click.IntRange(min=1),
+    default=CONTROLLER_DEFAULTS.client.burst,
+    show_default=True,
+    help="Requests at once before --kube-api-qps applies.",
+)
+@click.option(
+    "--machine-workers",
+    type=click.IntRange(min=1),
+    default=CONTROLLER_DEFAULTS.machine_workers,
+    show_default=True,
+    help="PlunderMachines reconciled at once (controller-runtime's MaxConcurrentReconciles).",
+)
+@click.option(
+    "--slot-grant-concurrency",
+    type=click.IntRange(min=1),
+    default=SLOT_DEFAULTS.grant_concurrency,
+    show_default=True,
+    help="API requests at once of the provisioning slots' granter (hosts read again before "
+    "a grant, granted moves).",
+)
+@click.option(
+    "--slot-grant-batch",
+    type=click.IntRange(min=1),
+    default=SLOT_DEFAULTS.grant_batch,
+    show_default=True,
+    help="Hosts granted a provisioning slot at most in one round, that is per write of the "
+    "slots' ledger.",
+)
 def controller(
     kubeconfig: Path | None,
     namespace: str | None,
@@ -140,11 +179,17 @@ def controller(
     deprovisioning_timeout: float,
     provisioning_limit: int,
     metrics_port: int | None,
+    kube_api_qps: float,
+    kube_api_burst: int,
+    machine_workers: int,
+    slot_grant_concurrency: int,
+    slot_grant_batch: int,
 ) -> None:
     """Run the controllers (kopf operator) until SIGTERM."""
     from plunder.k8s import client as k8s_client
     from plunder.k8s import crds as k8s_crds
-    from plunder.operator import deadline, metrics, slots
+    from plunder.k8s.ratelimit import ClientLimits
+    from plunder.operator import controller_settings, deadline, metrics, slots
     from plunder.operator.main import run_operator
 
     if kubeconfig is not None:
@@ -162,7 +207,11 @@ def controller(
     deadline.SETTINGS.deprovisioning_timeout_s = deprovisioning_timeout
     slots.SETTINGS.provisioning_limit = provisioning_limit
     slots.SETTINGS.ledger_namespace = own_namespace
+    slots.SETTINGS.grant_concurrency = slot_grant_concurrency
+    slots.SETTINGS.grant_batch = slot_grant_batch
     metrics.SETTINGS.port = metrics_port
+    controller_settings.SETTINGS.client = ClientLimits(qps=kube_api_qps, burst=kube_api_burst)
+    controller_settings.SETTINGS.machine_workers = machine_workers
     run_operator(namespace, liveness_port, lease_namespace)
 
 

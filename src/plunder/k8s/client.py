@@ -11,6 +11,10 @@ from pathlib import Path
 
 import httpx2
 from lightkube import AsyncClient, Client, KubeConfig
+from lightkube.config.client_adapter import verify_cluster
+from lightkube.config.kubeconfig import SingleConfig
+
+from plunder.k8s.ratelimit import ClientLimits, LimitedTransport, TokenBucket
 
 FIELD_MANAGER = "plunder"
 
@@ -37,6 +41,34 @@ def sync_client(
     )
 
 
-def async_client(kubeconfig: Path | None = None, field_manager: str = FIELD_MANAGER) -> AsyncClient:
-    """An asyncio client, for the controllers and the boot service."""
-    return AsyncClient(_config(kubeconfig), field_manager=field_manager)
+def async_client(
+    kubeconfig: Path | None = None,
+    field_manager: str = FIELD_MANAGER,
+    limits: ClientLimits | None = None,
+) -> AsyncClient:
+    """An asyncio client, for the controllers and the boot service.
+
+    ``limits``: a bound on its requests a second and its connections (none without it).
+    """
+    config = _config(kubeconfig).get()
+    assert config is not None, "the kubeconfig has no current context"
+    transport = _limited_transport(config, limits) if limits is not None else None
+    return AsyncClient(config, field_manager=field_manager, transport=transport)
+
+
+def _limited_transport(config: SingleConfig, limits: ClientLimits) -> httpx2.AsyncBaseTransport:
+    """The transport lightkube would make (its TLS context), with the pool and bucket bounded.
+
+    A transport given to httpx replaces its own, TLS settings included, so the context is
+    made here the way lightkube makes it.
+    """
+    assert config.user is not None, "the kubeconfig's context names no user"
+    pool = httpx2.Limits(
+        max_connections=limits.connections, max_keepalive_connections=limits.connections
+    )
+    inner = httpx2.AsyncHTTPTransport(
+        verify=verify_cluster(config.cluster, config.user, config.abs_file), limits=pool
+    )
+    if limits.qps is None:
+        return inner
+    return LimitedTransport(inner, TokenBucket(limits.qps, limits.burst))

@@ -29,6 +29,7 @@ import bcrypt
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
+from plunder.api.common import MOVE_LABEL
 from plunder.api.inventory import PlunderHost
 from plunder.boot import macs
 from plunder.k8s import client as k8s_client
@@ -285,7 +286,10 @@ def start_lab_bmcs(
     client = k8s_client.sync_client(kubeconfig, field_manager="plunder-lab")
     client.apply(
         Secret(
-            metadata=ObjectMeta(name=CREDENTIALS_SECRET, namespace="default"),
+            # clusterctl move takes it along with the hosts that name it (MOVE_LABEL).
+            metadata=ObjectMeta(
+                name=CREDENTIALS_SECRET, namespace="default", labels={MOVE_LABEL: ""}
+            ),
             stringData={
                 "username": USERNAME,
                 "password": password,

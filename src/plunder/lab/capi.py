@@ -21,6 +21,10 @@ on a port chosen free on loopback.
 
 The in-cluster IPAM provider (:data:`IPAM_IN_CLUSTER`, built from ``tools/ipam``) is a manager of
 the same make, started the same way: it answers IPAddressClaims against its InClusterIPPools.
+
+Each provider started here is recorded in clusterctl's inventory, its CRDs labelled, as
+``clusterctl init`` leaves them (:mod:`plunder.lab.providers`); :func:`start_providers` installs
+every provider the lab runs, this one included, in the lab's order.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from lightkube.resources.admissionregistration_v1 import (
 
 from plunder.images import binaries
 from plunder.k8s import crds
-from plunder.lab import processes
+from plunder.lab import processes, providers
 from plunder.lab.pki import PlanePKI, issue_serving_certificate
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,8 @@ class ClusterAPIManager:
     """Its folder in the Cluster API module (config/crd and config/webhook are under it)."""
     prefix: str
     """The name prefix its release gives cluster-scoped objects (webhook configurations)."""
+    provider: providers.Provider
+    """What clusterctl's inventory calls it, and the namespace its release installs into."""
     health_flag: str = "--health-addr"
     """The flag that places its health endpoint."""
     feature_gates: str | None = FEATURE_GATES
@@ -75,10 +81,24 @@ the first nodeRef is therefore set by a resync, not by the Node's event (10 minu
 seen here: the Node Ready at 20:11:30, its Machine still without a nodeRef at 20:19)."""
 
 MANAGERS = (
-    ClusterAPIManager("capi-manager", "core", "capi-", sync_period=CORE_SYNC_PERIOD),
-    ClusterAPIManager("kubeadm-bootstrap-manager", "bootstrap/kubeadm", "capi-kubeadm-bootstrap-"),
     ClusterAPIManager(
-        "kubeadm-control-plane-manager", "controlplane/kubeadm", "capi-kubeadm-control-plane-"
+        "capi-manager",
+        "core",
+        "capi-",
+        providers.Provider("cluster-api", "CoreProvider", "capi-system"),
+        sync_period=CORE_SYNC_PERIOD,
+    ),
+    ClusterAPIManager(
+        "kubeadm-bootstrap-manager",
+        "bootstrap/kubeadm",
+        "capi-kubeadm-bootstrap-",
+        providers.Provider("kubeadm", "BootstrapProvider", "capi-kubeadm-bootstrap-system"),
+    ),
+    ClusterAPIManager(
+        "kubeadm-control-plane-manager",
+        "controlplane/kubeadm",
+        "capi-kubeadm-control-plane-",
+        providers.Provider("kubeadm", "ControlPlaneProvider", "capi-kubeadm-control-plane-system"),
     ),
 )
 PROGRAMS = tuple(manager.program for manager in MANAGERS)
@@ -87,6 +107,7 @@ IPAM_IN_CLUSTER = ClusterAPIManager(
     "ipam-in-cluster-manager",
     ".",
     "capi-ipam-in-cluster-",
+    providers.Provider("in-cluster", "IPAMProvider", "capi-ipam-in-cluster-system"),
     health_flag="--health-probe-bind-address",
     feature_gates=None,
 )
@@ -198,13 +219,18 @@ def release_crds(
 
 
 def register_webhooks(client: Client, running: RunningManager, ca_bundle: str) -> None:
-    """Install the manager's CRDs (as released) and admission webhooks, served by it."""
+    """Install the manager's CRDs (as released) and admission webhooks, served by it.
+
+    The provider is recorded in clusterctl's inventory at the version it was built from.
+    """
     program = binaries.PROGRAMS[running.manager.program]
     root = binaries.module_dir(program.module, program.tools)
     names = crds.apply_crds(
         client, release_crds(running.manager, root, running.webhook_port, ca_bundle)
     )
     crds.wait_established(client, names)
+    version = binaries.program_versions(program.name)[program.module]
+    providers.record(client, running.manager.provider, version, names)
     for configuration in webhook_configurations(
         running.manager, root, running.webhook_port, ca_bundle
     ):
@@ -282,3 +308,24 @@ def start_ipam_in_cluster(
     """
     crds.install_crd_files(client, binaries.ipam_in_cluster_crd_files())
     return start_cluster_api(client, kubeconfig, pki, run_dir, (IPAM_IN_CLUSTER,))
+
+
+def start_providers(
+    client: Client, kubeconfig: Path, pki: PlanePKI, run_dir: Path
+) -> ClusterAPIControllers:
+    """Every provider the lab runs, as ``clusterctl init`` with the in-cluster IPAM would leave.
+
+    This provider's CRDs (the controller itself is started by the caller), Cluster API's core,
+    kubeadm bootstrap and control-plane managers and the in-cluster IPAM provider, each recorded
+    in clusterctl's inventory.
+    """
+    crds.install_plunder_crds(client)
+    providers.record_plunder(client)
+    crds.install_crd_files(client, binaries.cluster_api_crd_files())
+    core = start_cluster_api(client, kubeconfig, pki, run_dir)
+    try:
+        ipam = start_ipam_in_cluster(client, kubeconfig, pki, run_dir)
+    except BaseException:
+        core.stop()
+        raise
+    return ClusterAPIControllers(core.managers + ipam.managers)

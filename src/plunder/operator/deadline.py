@@ -5,46 +5,34 @@ A host in ``provisioning`` is waited on until its installed OS phones home, one 
 its filter, so only the hosts in those two states cost a task; each tick checks the deadline
 (:func:`hoststate.provisioning_deadline`: the move to ``error``;
 :func:`hoststate.deprovisioning_deadline`: deprovisioning begun again, so power-cycled again) and
-writes it guarded by the resourceVersion it was decided on, like every other move.
+writes it guarded by the resourceVersion it was decided on, like every other move. A paused host
+is not timed (its Cluster may be paused for ``clusterctl move``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from lightkube import AsyncClient
 
-from plunder.api.inventory import PlunderHost
+from plunder.api.inventory import PAUSED_ANNOTATION, PlunderHost
 from plunder.operator import host as host_handlers
+from plunder.operator.controller_settings import DeadlineSettings
 from plunder.reconcile import hoststate
 
 _INFO = PlunderHost.info
 CHECK_INTERVAL_S = 15.0
 
 
-@dataclass
-class DeadlineSettings:
-    """How long a phase may take; set from ``plunderctl controller`` before kopf starts."""
-
-    provisioning_timeout_s: float = 1800.0
-    """From the start of provisioning to the installed OS's phone home. 30 minutes fits an
-    emulated host (about 3 minutes for the node image) and real servers whose firmware takes
-    minutes to POST at each of their two reboots."""
-
-    deprovisioning_timeout_s: float = 900.0
-    """From the start of deprovisioning to the agent's report of the wipe; then the host is
-    power-cycled again. A wipe is a power cycle, a network boot into the agent and a few writes:
-    about 2 minutes on an emulated host; 15 minutes leaves room for slow firmware."""
-
-
 SETTINGS = DeadlineSettings()
+"""What this process uses: set from ``plunderctl controller`` before kopf starts."""
 
 
 def _waiting_on_the_host(body: kopf.Body, **_: Any) -> bool:
-    return body.get("status", {}).get("state") in ("provisioning", "deprovisioning")
+    paused = PAUSED_ANNOTATION in (body.get("metadata", {}).get("annotations") or {})
+    return not paused and body.get("status", {}).get("state") in ("provisioning", "deprovisioning")
 
 
 @kopf.timer(

@@ -11,7 +11,12 @@ A move into ``provisioning`` or ``deprovisioning`` first takes one of the provis
 again when a slot frees. A granted move is the one decided on the copy the slot gate read at the
 host's turn, guarded by that copy's resourceVersion, not the event's copy, which may have gone
 stale while the request waited its turn. A waiting host's own events only refresh the copy it
-waits with: the gate's wake task alone decides waiters, oldest first.
+waits with: the gate's granter alone decides waiters, oldest first, and writes their moves
+(:func:`carry_out`, the same write as a move granted to a host's own request).
+
+A paused host (:mod:`plunder.reconcile.statusrecord`) is not moved, and neither is one that
+arrived by ``clusterctl move`` and waits for its status to be rebuilt
+(:mod:`plunder.operator.restore`).
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from lightkube.types import PatchType
 from plunder.api.inventory import PlunderHost
 from plunder.k8s.client import async_client
 from plunder.k8s.resources import resource_for
+from plunder.operator import controller_settings
 from plunder.operator import slots as slot_gate
-from plunder.reconcile import hoststate, slots
+from plunder.reconcile import hoststate, slots, statusrecord
 
 _INFO = PlunderHost.info
 log = logging.getLogger(__name__)
@@ -41,10 +47,12 @@ log = logging.getLogger(__name__)
 @kopf.on.startup()
 async def open_client(memo: kopf.Memo, **kwargs: Any) -> None:
     """One API client for the handlers' own writes, and the provisioning slots that use it."""
-    memo.client = async_client(field_manager="plunder-controller")
+    memo.client = async_client(
+        field_manager="plunder-controller", limits=controller_settings.SETTINGS.client
+    )
 
-    async def retry(body: Mapping[str, Any]) -> None:
-        await move_host(body, memo, log, woken=True)
+    async def move(answer: slot_gate.Answer) -> bool:
+        return await carry_out(answer, memo.client, log)
 
     def wake_machine(key: tuple[str, str]) -> None:
         machines = getattr(memo, "machines", None)  # the machine controller, once it runs
@@ -52,7 +60,7 @@ async def open_client(memo: kopf.Memo, **kwargs: Any) -> None:
             machines.wakeups.wake(key)
 
     memo.slots = slot_gate.ProvisioningSlots(
-        memo.client, kwargs["plunderhosts_by_namespace"], slot_gate.SETTINGS, retry, wake_machine
+        memo.client, kwargs["plunderhosts_by_namespace"], slot_gate.SETTINGS, move, wake_machine
     )
 
 
@@ -70,39 +78,39 @@ async def plunderhost_event(
 ) -> None:
     """Move the host if the controller's part of the state machine says so.
 
-    A host outside the slot states (or gone) may have just freed a slot: the waiters are
-    decided again.
+    The slot gate notes the event first: if it frees a slot (the host left a slot state, or is
+    gone), the waiters are decided again; a heartbeat wakes nobody.
     """
     gate: slot_gate.ProvisioningSlots = memo.slots
     meta = body.get("metadata", {})
-    if type == "DELETED" or meta.get("deletionTimestamp"):
+    gone = type == "DELETED" or bool(meta.get("deletionTimestamp"))
+    if gone:
         gate.stop_waiting(meta.get("namespace", ""), meta.get("name", ""))
-        gate.kick()
-        return
-    await move_host(dict(body), memo, logger)
-    if (body.get("status") or {}).get("state") not in slots.SLOT_STATES:
-        gate.kick()
+    gate.observe(body, gone=gone)
+    if not gone:
+        await move_host(dict(body), memo, logger)
 
 
-async def move_host(
-    body: Mapping[str, Any], memo: kopf.Memo, logger: kopf.Logger, *, woken: bool = False
-) -> None:
+async def move_host(body: Mapping[str, Any], memo: kopf.Memo, logger: kopf.Logger) -> None:
     """Decide the host's move and write it; a move into a slot state takes a slot first.
 
-    ``woken``: the slot gate's wake task decides a waiting host (its own events do not).
+    A waiting host's own events do not ask again: the slot gate's granter decides it.
     """
     gate: slot_gate.ProvisioningSlots = memo.slots
     host = PlunderHost.model_validate(dict(body))
     namespace, name = host.metadata.namespace or "", host.metadata.name or ""
+    if statusrecord.is_paused(host) or statusrecord.awaits_restore(host):
+        gate.stop_waiting(namespace, name)  # resumed or rebuilt, its next event decides it
+        return
     change = hoststate.controller_decision(host, datetime.now(UTC))
     if change.status is None:
         gate.stop_waiting(namespace, name)
         return
     status = change.status
     if slots.takes_slot(hoststate.state_of(host), status.get("state")):
-        if not woken and gate.refresh(body):
+        if gate.refresh(body):
             return
-        answer = await gate.request(host)
+        answer = await gate.request(host, body)
         if answer is None:
             gate.wait(body, None)
             return
@@ -114,12 +122,35 @@ async def move_host(
             gate.wait(answer.body, turn.decision)
             return
         gate.stop_waiting(namespace, name)
-        if turn.change.status is None:  # the fresh copy needs no move (any more)
-            return
-        body, host, change, status = answer.body, turn.host, turn.change, turn.change.status
-    client: AsyncClient = memo.client
-    if not await write_status(client, host, status, logger):
+        await carry_out(answer, memo.client, logger)
         return
+    await write_move(body, host, change, memo.client, logger)
+
+
+async def carry_out(answer: slot_gate.Answer, client: AsyncClient, logger: kopf.Logger) -> bool:
+    """Write the move a slot was granted for (decided on the gate's fresh copy); whether it was.
+
+    A fresh copy that needs no move (any more) is done, and counts as written.
+    """
+    turn = answer.turn
+    if answer.body is None or turn.host is None or turn.change.status is None:
+        return True
+    return await write_move(answer.body, turn.host, turn.change, client, logger)
+
+
+async def write_move(
+    body: Mapping[str, Any],
+    host: PlunderHost,
+    change: hoststate.Change,
+    client: AsyncClient,
+    logger: kopf.Logger,
+) -> bool:
+    """Write ``change`` (decided on ``host``, whose raw copy is ``body``) and post its Event."""
+    status = change.status
+    if status is None:
+        return True
+    if not await write_status(client, host, status, logger):
+        return False
     if change.event is not None:
         reason, message, kind = change.event
         kopf.event(kopf.Body(cast(Any, body)), type=kind, reason=reason, message=message)
@@ -129,13 +160,17 @@ async def move_host(
         hoststate.state_of(host),
         status.get("state"),
     )
+    return True
 
 
 _WRITE_ATTEMPTS = 5
 
 
 async def write_status(
-    client: AsyncClient, host: PlunderHost, status: dict[str, Any], logger: kopf.Logger
+    client: AsyncClient,
+    host: PlunderHost,
+    status: dict[str, Any],
+    logger: kopf.Logger,
 ) -> bool:
     """Write the move, guarded by the resourceVersion it was decided on; whether it was written.
 

@@ -1,14 +1,14 @@
 """PlunderMachine reconcile: claim a host, mirror it, release it when the machine is deleted.
 
-Watch events do not reconcile: they queue the keys of the machines they concern in one work
-queue (:mod:`plunder.operator.workqueue`), and :data:`WORKERS` workers reconcile one machine at a
+Watch events do not reconcile: they queue the keys of the machines they concern in one work queue
+(:mod:`plunder.operator.workqueue`), and ``--machine-workers`` workers reconcile one machine at a
 time by key, reading it and everything else from the watch caches (:mod:`plunder.operator.caches`),
 never from list calls. A machine's own events queue it; its host, Machine, Cluster and
 IPAddressClaim, and a host becoming free while it waits for hardware, queue it through
 :class:`Wakeups`. A reconcile asks to run again after a long timeout only as a safety net; nothing
-polls while waiting for a host. What a reconcile keeps between passes (the status it last wrote,
-the host it just claimed) is a small :class:`MachineMemory` per machine, dropped when it is gone:
-memory and concurrency do not grow with one task per machine.
+polls while waiting for a host. What a reconcile keeps between passes (the status it last wrote, the
+host it just claimed) is a small :class:`MachineMemory` per machine, dropped when it is gone: memory
+and concurrency do not grow with one task per machine.
 
 The claim is a merge patch of the host carrying the cached resourceVersion: a 409 means another
 machine (or controller) won, and the next host is tried. Several controller replicas are
@@ -38,12 +38,12 @@ from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.types import PatchType
 
-from plunder.api.common import INFRASTRUCTURE_GROUP, StaticNetwork
+from plunder.api.common import BLOCK_MOVE_ANNOTATION, INFRASTRUCTURE_GROUP, StaticNetwork
 from plunder.api.infrastructure import PlunderMachine, PlunderMachineStatus
 from plunder.api.inventory import PlunderHost
 from plunder.k8s import capi
 from plunder.k8s.resources import as_dict, resource_for
-from plunder.operator import machine_delete
+from plunder.operator import controller_settings, hostpause, machine_delete
 from plunder.operator.caches import Caches, Key
 from plunder.operator.machine_delete import delete_ip_address_claim, fetch_host, release_host
 from plunder.operator.slots import ProvisioningSlots
@@ -52,7 +52,7 @@ from plunder.operator.workqueue import WorkQueue
 from plunder.reconcile import machine as decide
 from plunder.reconcile.hoststate import EventSpec
 from plunder.reconcile.pause import is_paused
-from plunder.reconcile.selection import Consumer, HostCandidate, bound_host, choose_host
+from plunder.reconcile.selection import Consumer, HostCandidate, choose_host
 
 _MACHINES = PlunderMachine.info
 _HOSTS = PlunderHost.info
@@ -65,9 +65,6 @@ CONTENDED_RETRY = 1.0
 ERROR_RETRY = 5.0
 """Seconds before trying again after an unexpected error."""
 MAX_CLAIM_ATTEMPTS = 20
-WORKERS = 16
-"""Machines reconciled at once. More would only queue at the API server (the bottleneck) and
-hold more requests in flight; a thousand at once would exhaust the client's connection pool."""
 
 
 class ClaimLedger:
@@ -135,7 +132,9 @@ class MachineController:
         self.memo = memo
         self.caches = caches
         self.ledger = ClaimLedger()
-        self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, WORKERS, ERROR_RETRY)
+        self.queue: WorkQueue[Key] = WorkQueue(
+            self.reconcile, controller_settings.SETTINGS.machine_workers, ERROR_RETRY
+        )
         self.wakeups = Wakeups(self.queue.add)
         self.memories: dict[Key, MachineMemory] = {}
 
@@ -213,7 +212,8 @@ async def plunderhost_wakes_machines(
     """A host changed: wake its machine, or the machines waiting for one if it is free.
 
     A host claimed by a PlunderMachine that no longer exists (its deletion won the race with a
-    claim in flight) is given back.
+    claim in flight) is given back, unless it is paused: ``clusterctl move`` deletes a machine
+    before its host on the source, and creates the host before its machine on the target.
     """
     controller: MachineController = memo.machines
     wakeups = controller.wakeups
@@ -224,7 +224,8 @@ async def plunderhost_wakes_machines(
     consumer = host.consumer
     if consumer is not None and consumer.kind == "PlunderMachine":
         key = (consumer.namespace, consumer.name)
-        if type != "DELETED" and controller.caches.plundermachine(key) is None:
+        orphan = type != "DELETED" and controller.caches.plundermachine(key) is None
+        if orphan and not (host.marks.paused or host.restoring):
             await release_orphan(memo.client, host, consumer)
         wakeups.wake(key)
     elif host.free:
@@ -274,6 +275,11 @@ async def ipaddressclaim_wakes_plundermachine(
 # ----------------------------------------------------------------------------- reconcile
 
 
+def claimed_by(machine: PlunderMachine, host: HostCandidate) -> bool:
+    """Whether ``host`` (as cached) shows the machine's claim; a stale copy may not yet."""
+    return host.consumer == decide.consumer_of(machine)
+
+
 class ClaimContendedError(Exception):
     """Every host tried was claimed by someone else first; try again shortly."""
 
@@ -314,10 +320,15 @@ class MachineReconciler:
             await self.write_status(
                 machine, decide.machine_status(machine, self.memory.previous, now, paused=True)
             )
+            host = self.bound(machine)
+            if host is not None and claimed_by(machine, host):
+                if not await hostpause.pause(self.client, host):
+                    return CONTENDED_RETRY
             return SETTLED_RESYNC
 
-        hosts = self.caches.hosts_in(namespace)
-        host = self.bound(machine, hosts)
+        host = self.bound(machine)
+        if host is not None and host.restoring:
+            return SETTLED_RESYNC  # arrived by a move: its status comes back first, and wakes us
         if host is None and decide.bound_host_name(machine):
             missing = decide.host_missing(decide.bound_host_name(machine) or "")
             await self.write_status(
@@ -339,7 +350,7 @@ class MachineReconciler:
             if await self.paused_now(cluster_name):
                 return CONTENDED_RETRY  # the caches catch up, and their events queue it again
             try:
-                host = await self.claim(machine, owner, cluster, network, hosts)
+                host = await self.claim(machine, owner, cluster, network)
             except ClaimContendedError:
                 return CONTENDED_RETRY
             if host is None:
@@ -348,7 +359,9 @@ class MachineReconciler:
         self.memory.announced = False
         if not await self.record_binding(machine, host):
             return CONTENDED_RETRY
-        await self.release_strays(machine, host, hosts)
+        if claimed_by(machine, host) and not await hostpause.resume(self.client, host):
+            return CONTENDED_RETRY
+        await self.release_strays(machine, host)
         label = cluster.failure_domain_label if cluster else None
         status = decide.machine_status(
             machine,
@@ -368,16 +381,16 @@ class MachineReconciler:
         self.post(decide.slot_wait_events(previous, status))
         return SETTLED_RESYNC
 
-    def bound(self, machine: PlunderMachine, hosts: list[HostCandidate]) -> HostCandidate | None:
+    def bound(self, machine: PlunderMachine) -> HostCandidate | None:
         """The machine's host: named by its annotation (or just claimed), else by consumerRef."""
         consumer = decide.consumer_of(machine)
         name = decide.bound_host_name(machine) or self.memory.claimed
         if name is not None:
-            host = next((h for h in hosts if h.name == name), None)
+            host = self.caches.host(self.key[0], name)
             if host is None or host.consumer not in (None, consumer):
                 return None
             return host
-        return bound_host(hosts, consumer)
+        return next(iter(self.caches.hosts_of(consumer)), None)
 
     async def claim(
         self,
@@ -385,15 +398,21 @@ class MachineReconciler:
         owner: decide.OwnerMachine,
         cluster: decide.ClusterFacts | None,
         network: StaticNetwork | None,
-        hosts: list[HostCandidate],
     ) -> HostCandidate | None:
         """Claim a free host for the machine in a guarded write; None if none is free."""
         work = decide.host_work(machine, owner, network)
         failure_domain = decide.failure_domain_of(owner, cluster)
         tried: set[str] = set(self.ledger.taken(self.key[0]))
         fresh: dict[str, HostCandidate] = {}
+        free = self.caches.free_hosts_in(self.key[0])
         for _ in range(MAX_CLAIM_ATTEMPTS):
-            candidates = [fresh.get(h.name, h) for h in hosts]
+            candidates = free
+            if fresh:
+                # A lost race read a fresher copy: it replaces the cache's, and a host the API
+                # showed free that the cache does not yet is a candidate too.
+                cached = {h.name for h in free}
+                candidates = [fresh.get(h.name, h) for h in free]
+                candidates += [h for name, h in fresh.items() if name not in cached]
             host = choose_host(
                 candidates,
                 machine.metadata.uid or "",
@@ -406,10 +425,16 @@ class MachineReconciler:
             # Other machines of this process skip it from now on, not only once it is won.
             self.ledger.record((host.namespace, host.name))
             try:
+                # Block-move goes on with the claim: clusterctl move waits until the host is
+                # paused with its status recorded (:mod:`plunder.operator.hostpause`).
+                meta = {
+                    "resourceVersion": host.resource_version,
+                    "annotations": {BLOCK_MOVE_ANNOTATION: ""},
+                }
                 written = await self.client.patch(
                     resource_for(PlunderHost),
                     host.name,
-                    {"metadata": {"resourceVersion": host.resource_version}, "spec": work},
+                    {"metadata": meta, "spec": work},
                     namespace=host.namespace,
                     patch_type=PatchType.MERGE,
                 )
@@ -543,13 +568,11 @@ class MachineReconciler:
             return False
         return True
 
-    async def release_strays(
-        self, machine: PlunderMachine, host: HostCandidate, hosts: list[HostCandidate]
-    ) -> None:
+    async def release_strays(self, machine: PlunderMachine, host: HostCandidate) -> None:
         """Give back hosts claimed for this machine but not bound to it (a lost race)."""
         consumer = decide.consumer_of(machine)
-        for stray in hosts:
-            if stray.consumer == consumer and stray.name != host.name:
+        for stray in self.caches.hosts_of(consumer):
+            if stray.name != host.name:
                 log.warning("machine %s/%s: releasing stray claim of %s", *self.key, stray.name)
                 await release_host(self.client, stray, consumer)
 

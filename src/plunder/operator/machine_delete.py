@@ -24,6 +24,7 @@ from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.types import PatchType
 
+from plunder.api.common import BLOCK_MOVE_ANNOTATION
 from plunder.api.infrastructure import PlunderMachine
 from plunder.api.inventory import PlunderHost
 from plunder.k8s import capi
@@ -73,7 +74,7 @@ async def finalize(
         log.debug("machine %s/%s is paused: its host is not released", *key_of(body))
         return PAUSED_RETRY, releasing
     consumer = decide.consumer_of(machine)
-    names = {h.name for h in caches.hosts_in(namespace) if h.consumer == consumer} | releasing
+    names = {h.name for h in caches.hosts_of(consumer)} | releasing
     if (named := decide.bound_host_name(machine)) is not None:
         names.add(named)
     key = key_of(body)
@@ -168,15 +169,20 @@ async def release_host(client: AsyncClient, host: HostCandidate, consumer: Consu
     """Take the claim and the work off ``host`` if ``consumer`` still holds it.
 
     The write is guarded by the host's resourceVersion; False if the host changed meanwhile
-    (or is gone), so the caller looks again.
+    (or is gone), so the caller looks again. A paused host is not released (False): nothing acts
+    on it until it is resumed, which wakes its machine. The released host no longer blocks
+    ``clusterctl move``: it is nobody's now.
     """
     if host.consumer != consumer:
         return True
+    if host.marks.paused or host.restoring:
+        return False
+    meta = {"resourceVersion": host.resource_version, "annotations": {BLOCK_MOVE_ANNOTATION: None}}
     try:
         await client.patch(
             resource_for(PlunderHost),
             host.name,
-            {"metadata": {"resourceVersion": host.resource_version}, "spec": decide.RELEASE},
+            {"metadata": meta, "spec": decide.RELEASE},
             namespace=host.namespace,
             patch_type=PatchType.MERGE,
         )

@@ -18,6 +18,7 @@ from plunder.operator import (  # noqa: F401
     metrics,
     power,
     remediation,
+    restore,
     settings,
 )
 from plunder.operator.leader import (

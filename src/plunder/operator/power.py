@@ -12,6 +12,7 @@ the action when it is back. A crash between the BMC call and the mark repeats th
 ``plunder.dev/reboot`` is set by ``plunderctl power cycle``: power-cycle, booting as usual.
 Otherwise a round converges ``spec.online`` to the BMC and records ``status.poweredOn``.
 Powering on a provisioned host sets a one-time disk boot; any other host a one-time PXE boot.
+A paused host gets no round at all, nor does one whose status waits to be rebuilt after a move.
 
 Rounds are not one task per host: the hosts that have a BMC (hosts without one are not followed
 at all) are keys in one work queue (:mod:`plunder.operator.workqueue`) with :data:`WORKERS`
@@ -59,7 +60,7 @@ from plunder.operator.caches import first, without_managed_fields
 from plunder.operator.settings import PREFIX
 from plunder.operator.workqueue import WorkQueue
 from plunder.power import base, registry
-from plunder.reconcile import conditions, hoststate, statusmerge
+from plunder.reconcile import conditions, hoststate, statusmerge, statusrecord
 
 _INFO = PlunderHost.info
 log = logging.getLogger(__name__)
@@ -413,6 +414,8 @@ class PowerController:
         if body is None or memory is None:
             return None
         host = PlunderHost.model_validate(body)
+        if statusrecord.is_paused(host) or statusrecord.awaits_restore(host):
+            return POLL_SECONDS  # nothing acts on it: not even a power-on its state would want
         wish = hoststate.power_due(host, done_mark(host))
         memory.stepping = True
         try:

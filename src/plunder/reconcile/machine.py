@@ -348,8 +348,12 @@ def machine_status(
 def transition_events(
     before: MachineState | None, after: MachineState | None, host: HostCandidate | None
 ) -> list[EventSpec]:
-    """The seed's events on the machine, for the moves between ``before`` and ``after``."""
-    if before == after or host is None:
+    """The seed's events on the machine, for the moves between ``before`` and ``after``.
+
+    None for a machine that finds its host provisioned at its first status: it was provisioned
+    before (the machine came by ``clusterctl move``, which carries no status), not now.
+    """
+    if before == after or host is None or (before is None and after == "Provisioned"):
         return []
     events: list[EventSpec] = []
     if after in ("Provisioning", "Provisioned") and before not in ("Provisioning", "Provisioned"):

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from plunder.api.inventory import PlunderHost
-from plunder.reconcile import hoststate
+from plunder.reconcile import hoststate, statusrecord
 
 SLOT_STATES = frozenset({"provisioning", "deprovisioning"})
 """Host states that hold a slot."""
@@ -169,6 +169,8 @@ def decide_turn(
     """
     if fresh is None:
         return Turn(None, hoststate.Change(), None)
+    if statusrecord.is_paused(fresh) or statusrecord.awaits_restore(fresh):
+        return Turn(fresh, hoststate.Change(), None)  # paused meanwhile: nothing acts on it
     change = hoststate.controller_decision(fresh, now)
     target = change.status.get("state") if change.status else None
     if not takes_slot(hoststate.state_of(fresh), target):

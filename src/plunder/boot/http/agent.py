@@ -43,6 +43,7 @@ from plunder.boot.http.keys import (
     SIGNER_KEY,
 )
 from plunder.boot.macs import InvalidMACError, normalise_mac
+from plunder.boot.settings import work_poll_seconds
 from plunder.reconcile import hoststate
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,10 @@ async def work(request: web.Request) -> web.Response:
     )
     work = hoststate.agent_work(host)
     if work.get("action") in ("provision", "wipe") and not trust.writes_allowed(host):
-        return _kv({"action": "wait", "reason": "not accepted"})
+        work = {"action": "wait", "reason": "not accepted"}
+    if work.get("action") == "wait":
+        polls = request.app[SETTINGS_KEY].work_polls_per_second
+        work["retry"] = str(work_poll_seconds(request.app[BACKEND_KEY].count(), polls))
     return _kv(work)
 
 

@@ -51,7 +51,7 @@ from plunder.boot.ipxe import decide, scripts
 from plunder.boot.macs import InvalidMACError, normalise_mac
 from plunder.boot.progress import ProgressGate
 from plunder.boot.settings import BootSettings
-from plunder.reconcile import hoststate
+from plunder.reconcile import hoststate, statusrecord
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,10 @@ async def boot_ipxe(request: web.Request) -> web.Response:
     )
     backend = app[BACKEND_KEY]
     host = backend.by_mac(mac)
+    if host is not None and statusrecord.awaits_restore(host):
+        # Moved by clusterctl, its status not rebuilt yet: a decision now would take it for a
+        # new host and boot its installed OS into the agent.
+        return _retry(request, mac, "its status is being rebuilt after a move; asking again")
     if host is None:
         refusal = await _discover(request, facts)
         host = backend.by_mac(mac)
