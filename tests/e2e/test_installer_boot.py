@@ -96,11 +96,16 @@ async def test_the_debian_installer_fetches_its_preseed_file(
     print(f"\n{NAME}: power-on to preseed fetched {fetched:.1f} s (TCG)")
 
     assert phase.get("finished") is None, "the install cannot finish without a mirror"
-    events = [
-        event.message
-        for event in kube.list(Event, namespace=namespace)
-        if event.involvedObject.name == NAME and event.reason == "Installing"
-    ]
+    # The boot service writes the phase first and its Event after.
+    while not (
+        events := [
+            event.message
+            for event in kube.list(Event, namespace=namespace)
+            if event.involvedObject.name == NAME and event.reason == "Installing"
+        ]
+    ):
+        assert time.monotonic() - powered_on < PRESEED_TIMEOUT, "no Installing Event"
+        await asyncio.sleep(0.2)
     assert events == ["the installer fetched its preseed file; installing"]
     serial = vms.read_serial_log(files)
     assert "booting the Debian installer (preseed)" in serial, serial[-2000:]

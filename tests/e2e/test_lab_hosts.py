@@ -201,9 +201,15 @@ def test_work_is_picked_up_without_a_reboot_and_a_failure_then_a_retry(
     host = hosts_by_mac(lab)[mac]
     assert host["status"]["errorReason"] == "ChecksumMismatch"
     assert lab.serial(name).count(BOOT_BANNER) == banners, "the host rebooted to take the work"
-    events = lab.kube.list(Event, namespace="default")
-    assert any(
-        e.reason == "ChecksumMismatch" and e.involvedObject.name == host_name for e in events
+    # The boot service writes the host's status first and its Event after: the state can be
+    # seen a moment before the Event exists.
+    wait_for(
+        lambda: any(
+            e.reason == "ChecksumMismatch" and e.involvedObject.name == host_name
+            for e in lab.kube.list(Event, namespace="default")
+        ),
+        "the host's ChecksumMismatch Event",
+        timeout=30,
     )
 
     # A retry: the spec is corrected, the controller provisions again, the agent writes it.
@@ -255,9 +261,13 @@ def test_a_host_reset_in_the_middle_of_the_write_fails_it_clearly_and_a_retry_wo
     assert status()["errorReason"] == "ProvisioningInterrupted"
     (condition,) = [c for c in status()["conditions"] if c["type"] == "Provisioned"]
     assert (condition["status"], condition["reason"]) == ("False", "ProvisioningInterrupted")
-    events = lab.kube.list(Event, namespace="default")
-    assert any(
-        e.reason == "ProvisioningInterrupted" and e.involvedObject.name == host_name for e in events
+    wait_for(
+        lambda: any(
+            e.reason == "ProvisioningInterrupted" and e.involvedObject.name == host_name
+            for e in lab.kube.list(Event, namespace="default")
+        ),
+        "the host's ProvisioningInterrupted Event",
+        timeout=30,
     )
 
     url, digest = tiny_image
@@ -377,13 +387,21 @@ def test_an_os_is_installed_phones_home_and_is_wiped_again(lab: RunningLab) -> N
         - datetime.fromisoformat(phases["writing"]["started"])
     ).total_seconds()
     print(f"\nprovisioned in {took:.0f}s (image written in {writing:.0f}s)")
-    messages = [
-        e.message or ""
-        for e in lab.kube.list(Event, namespace="default")
-        if e.involvedObject.name == host_name
-    ]
-    assert "Plunder has begun provisioning the Operating System" in messages
-    assert any(m.startswith("Host has been successfully provisioned OS in") for m in messages)
+
+    def messages() -> list[str]:
+        return [
+            e.message or ""
+            for e in lab.kube.list(Event, namespace="default")
+            if e.involvedObject.name == host_name
+        ]
+
+    done = "Host has been successfully provisioned OS in"
+    wait_for(  # the phone home's Event is written just after the state it reports
+        lambda: any(m.startswith(done) for m in messages()),
+        "the host's provisioned Event",
+        timeout=30,
+    )
+    assert "Plunder has begun provisioning the Operating System" in messages()
     disk = vms.VMFiles.in_dir(lab.folder / "vms", name).disk
     assert mbr_signature(disk) == b"\x55\xaa"
 
