@@ -22,8 +22,13 @@ rate and p99 latency as the simulated hosts saw them. Then the growth of each be
 (per N: 1.0 is linear). Then Ironic standalone (``bench/ironic_standalone.py``) taking as many
 nodes from enrolled to active and back, in the same run, and the ratio.
 
+A controller setting is compared with its peer in the same run: ``--controller-args`` given more
+than once runs each at each size, on the same API server, ``--rounds`` times interleaved.
+
 Run from the repository:
   nice -n 19 .venv/bin/python bench/fleet_scale.py --sizes 100,1000[,10000] [--no-ironic]
+  .venv/bin/python bench/fleet_scale.py --sizes 1000 --no-ironic --rounds 2 \
+      --controller-args "" --controller-args "--kube-api-connections 10"
 """
 
 from __future__ import annotations
@@ -101,6 +106,8 @@ class Result:
     """The figures of one size."""
 
     size: int
+    controller_args: str = ""
+    """The controller's options beyond the benchmark's own (``--controller-args``)."""
     discovered_s: float = float("nan")
     up_s: float = float("nan")
     down_s: float = float("nan")
@@ -160,16 +167,22 @@ def wait(
 
 
 def one_size(
-    plane: Plane, kube: Client, size: int, folder: Path, args: argparse.Namespace
+    plane: Plane,
+    kube: Client,
+    size: int,
+    folder: Path,
+    args: argparse.Namespace,
+    controller_args: str = "",
+    ironic: bool = True,
 ) -> Result:
-    result = Result(size)
+    result = Result(size, controller_args)
     namespace = f"fleet-{size}-{uuid.uuid4().hex[:6]}"
     kube.create(Namespace(metadata=ObjectMeta(name=namespace)))
     create_cluster(kube, namespace)
     here = folder / namespace
     here.mkdir(parents=True)
     boot = DiscoveringBoot(plane.kubeconfig, here / "boot.log", namespace, here / "boot", size)
-    limit = ("--provisioning-limit", str(size), *shlex.split(args.controller_args))
+    limit = ("--provisioning-limit", str(size), *shlex.split(controller_args))
     controller = Controller(plane, here / "controller.log", namespace, limit)
     fleet = Fleet(plane.kubeconfig, namespace, boot.url, size, timings(args), args.connections)
     timeout = args.timeout
@@ -247,7 +260,7 @@ def one_size(
         boot.stop()
         if fleet.failure is not None:
             raise fleet.failure
-    if args.ironic:
+    if ironic:
         print(f"  {size}: Ironic standalone", flush=True)
         result.ironic = measure_ironic(
             here / "ironic", processes.free_port(), size, peak_rss_mb, cpu_seconds
@@ -264,14 +277,32 @@ def growth(results: list[Result], value: Callable[[Result], float]) -> str:
     return " ".join(cells) or "-"
 
 
+def report_growth(results: list[Result], variant: str) -> None:
+    """How each figure grows from one size to the next, for the runs of one controller."""
+    sizes = sorted({r.size for r in results})
+    if len(sizes) < 2:
+        return
+    firsts = [next(r for r in results if r.size == size) for size in sizes]  # round 1 of each
+    print(f"growth per N between sizes (1.0 = linear){f' with {variant}' if variant else ''}:")
+    for title, value in (
+        ("up", lambda r: r.up_s),
+        ("down", lambda r: r.down_s),
+        ("controller RSS", lambda r: r.controller_mb),
+        ("controller CPU", lambda r: r.controller_cpu_s),
+        ("boot CPU", lambda r: r.boot_cpu_s),
+        ("API requests", lambda r: r.requests_per_machine * r.size),
+    ):
+        print(f"  {title:16} {growth(firsts, value)}")
+
+
 def report(results: list[Result], args: argparse.Namespace) -> None:
     version = binaries.pinned_versions()["k8s.io/kubernetes"]
     print(
         f"\nfleet at scale (kube-apiserver {version}; poll {args.poll_seconds}s, boot "
         f"{args.boot_seconds}s, write {args.write_seconds[0]}-{args.write_seconds[1]}s, "
         f"{args.connections} connections; load average {os.getloadavg()[0]:.1f})"
-        + (f"\ncontroller: {args.controller_args}" if args.controller_args else "")
     )
+    variants = list(dict.fromkeys(r.controller_args for r in results))
     header = (
         f"{'hosts':>6} {'inspected':>9} {'up':>8} {'down':>8} {'ctl RSS':>8} {'ctl CPU':>8} "
         f"{'boot RSS':>8} {'boot CPU':>8} {'API/machine':>11} {'boot req/s':>10} {'p99':>8}"
@@ -283,18 +314,10 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             f"{r.controller_mb:>6.0f}MB {r.controller_cpu_s:>7.1f}s {r.boot_mb:>6.0f}MB "
             f"{r.boot_cpu_s:>7.1f}s {r.requests_per_machine:>11.1f} {r.boot_rate:>10.0f} "
             f"{r.boot_p99_ms:>6.0f}ms"
+            + (f"  {r.controller_args or '(defaults)'}" if variants != [""] else "")
         )
-    if len(results) > 1:
-        print("growth per N between sizes (1.0 = linear):")
-        for title, value in (
-            ("up", lambda r: r.up_s),
-            ("down", lambda r: r.down_s),
-            ("controller RSS", lambda r: r.controller_mb),
-            ("controller CPU", lambda r: r.controller_cpu_s),
-            ("boot CPU", lambda r: r.boot_cpu_s),
-            ("API requests", lambda r: r.requests_per_machine * r.size),
-        ):
-            print(f"  {title:16} {growth(results, value)}")
+    for variant in variants:
+        report_growth([r for r in results if r.controller_args == variant], variant)
     for r in results:
         for note in r.notes:
             print(f"  {r.size}: {note}")
@@ -335,9 +358,16 @@ def main(args: argparse.Namespace) -> int:
             crds.install_plunder_crds(kube)
             crds.install_crd_files(kube, binaries.cluster_api_crd_files())
             results = []
+            variants = args.controller_args or [""]
             for size in sizes:
-                print(f"{size} hosts", flush=True)
-                results.append(one_size(plane, kube, size, folder, args))
+                for turn in range(args.rounds):  # the variants interleaved: drift hits all
+                    for variant in variants:
+                        print(
+                            f"{size} hosts{f', controller {variant}' if variant else ''}",
+                            flush=True,
+                        )
+                        ironic = args.ironic and turn == 0 and variant == variants[0]
+                        results.append(one_size(plane, kube, size, folder, args, variant, ironic))
         finally:
             plane.stop()
     report(results, args)
@@ -353,8 +383,12 @@ if __name__ == "__main__":
     parser.add_argument("--no-ironic", dest="ironic", action="store_false")
     parser.add_argument(
         "--controller-args",
-        default="",
-        help='more controller options, e.g. "--kube-api-qps 50 --machine-workers 4"',
+        action="append",
+        help='more controller options, e.g. "--kube-api-qps 50 --machine-workers 4"; given more '
+        'than once, each is run at each size beside the others ("" for the defaults)',
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs of each size and controller, interleaved"
     )
     parser.add_argument("--breakdown", action="store_true", help="API requests by verb")
     parser.add_argument("--keep", type=Path, help="keep logs here (else a temporary folder)")

@@ -25,6 +25,7 @@ from plunder.operator.controller_settings import (
 OPTIONS = {
     "kube_api_qps": lambda c, s, d: c.client.qps,
     "kube_api_burst": lambda c, s, d: c.client.burst,
+    "kube_api_connections": lambda c, s, d: c.client.connections,
     "machine_workers": lambda c, s, d: c.machine_workers,
     "provisioning_limit": lambda c, s, d: s.provisioning_limit,
     "slot_grant_concurrency": lambda c, s, d: s.grant_concurrency,
@@ -62,6 +63,7 @@ def test_what_plunderctl_controller_is_given_reaches_the_controllers(
     given = {
         "kube_api_qps": 7.5,
         "kube_api_burst": 9,
+        "kube_api_connections": 13,
         "machine_workers": 3,
         "provisioning_limit": 11,
         "slot_grant_concurrency": 5,

@@ -147,6 +147,13 @@ def render_policies() -> str:
     help="Requests at once before --kube-api-qps applies.",
 )
 @click.option(
+    "--kube-api-connections",
+    type=click.IntRange(min=1),
+    default=CONTROLLER_DEFAULTS.client.connections,
+    show_default=True,
+    help="Connections the controller's own client keeps open to the API server (its pool).",
+)
+@click.option(
     "--machine-workers",
     type=click.IntRange(min=1),
     default=CONTROLLER_DEFAULTS.machine_workers,
@@ -181,6 +188,7 @@ def controller(
     metrics_port: int | None,
     kube_api_qps: float,
     kube_api_burst: int,
+    kube_api_connections: int,
     machine_workers: int,
     slot_grant_concurrency: int,
     slot_grant_batch: int,
@@ -210,7 +218,9 @@ def controller(
     slots.SETTINGS.grant_concurrency = slot_grant_concurrency
     slots.SETTINGS.grant_batch = slot_grant_batch
     metrics.SETTINGS.port = metrics_port
-    controller_settings.SETTINGS.client = ClientLimits(qps=kube_api_qps, burst=kube_api_burst)
+    controller_settings.SETTINGS.client = ClientLimits(
+        qps=kube_api_qps, burst=kube_api_burst, connections=kube_api_connections
+    )
     controller_settings.SETTINGS.machine_workers = machine_workers
     run_operator(namespace, liveness_port, lease_namespace)
 

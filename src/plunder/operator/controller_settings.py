@@ -51,7 +51,7 @@ class SlotSettings:
     """Where the ledger ConfigMap lives: the controller's own namespace."""
     grant_concurrency: int = 16
     """API requests of the granter in flight at once (hosts read again, granted moves)."""
-    grant_batch: int = 200
+    grant_batch: int = 1000
     """Hosts decided at most in one round, that is per write of the ledger."""
 
 
