@@ -3,11 +3,16 @@
 `clusterctl generate cluster` with the remediation flavour (`templates/cluster-template.yaml`'s
 KubeadmControlPlane of one and MachineDeployment of one, and a MachineHealthCheck on the workers:
 tests/integration/test_clusterctl.py checks the flavour adds only that) in a lab of
-three blank UEFI hosts, applied as a person applies it, comes up Ready. Scaling the
-MachineDeployment to two makes a new Node join on the third host; scaling back to one drains and
-deletes a Node, and its host is wiped and ``available`` again. Once the first two Nodes are
-Ready, ``plunderctl dashboard`` shows the live cluster in headless Chromium: both machines'
-timelines on the cluster's page (screenshots: build/artifacts/dashboard/lab-*.png).
+three blank UEFI hosts, applied as a person applies it, comes up Ready: a control-plane Node
+and a worker's. Once both are Ready, ``plunderctl dashboard`` shows the live cluster in headless
+Chromium: both machines' timelines on the cluster's page (screenshots:
+build/artifacts/dashboard/lab-*.png).
+
+Scaling the MachineDeployment up and down is not a step of its own here (it was until
+2026-12-08): the rollout below provisions a new host for a new Machine, then drains and deletes
+the old Node and wipes its host, which is what a scale up and a scale down do, and each step on
+these emulated hosts costs CI minutes. tests/integration/test_capi.py scales one with Cluster
+API's real controllers.
 
 Day two (issue #13), on the same cluster:
 
@@ -156,8 +161,8 @@ def _second_image_name(lab: IsolatedLab) -> tuple[str, str]:
     return second.name, digest
 
 
-@pytest.mark.timeout(7200)  # three emulated hosts, provisioned five times in all
-def test_a_cluster_scales_rolls_out_is_remediated_and_goes_back_to_the_pool(
+@pytest.mark.timeout(7200)  # three emulated hosts, provisioned four times in all
+def test_a_cluster_rolls_out_is_remediated_and_goes_back_to_the_pool(
     lab: IsolatedLab, tmp_path: Path
 ) -> None:
     env = {**os.environ, "KUBECONFIG": str(lab.kubeconfig)}
@@ -224,30 +229,9 @@ def test_a_cluster_scales_rolls_out_is_remediated_and_goes_back_to_the_pool(
         m["metadata"]["name"] for m in machines()
     )
 
-    # Scale up: a new Node joins, on the third host.
-    run_ok([*kubectl_mgmt, "scale", "machinedeployment", MD, "--replicas=2"], env)
-    eventually(lambda: len(_ready_nodes(kubectl, env)) == 3, "3 Nodes Ready", timeout=1800)
-    marks["scaled to 2: 3 Nodes Ready"] = time.monotonic() - started
     provider_ids = set(_ready_nodes(kubectl, env).values())
-    assert provider_ids == {f"plunder://{host['mac']}" for host in lab.hosts()}  # one host each
+    assert len(provider_ids) == 2 and provider_ids <= {f"plunder://{h['mac']}" for h in lab.hosts()}
     assert {host["firmware"] for host in lab.hosts()} == {"uefi"}
-
-    # Scale down: a Node is drained and deleted, its host wiped and back in the pool.
-    run_ok([*kubectl_mgmt, "scale", "machinedeployment", MD, "--replicas=1"], env)
-    eventually(lambda: len(_ready_nodes(kubectl, env)) == 2, "back to 2 Nodes", timeout=900)
-    in_use = {pid.removeprefix("plunder://") for pid in _ready_nodes(kubectl, env).values()}
-    freed = {host["mac"] for host in lab.hosts()} - in_use
-    assert len(freed) == 1
-    eventually(
-        lambda: all(host_states()[mac] == "available" for mac in freed),
-        "the freed host wiped and available",
-        timeout=900,
-    )
-    marks["scaled to 1: host available"] = time.monotonic() - started
-    released = host(next(iter(freed)))
-    assert released["spec"].get("consumerRef") is None
-    phases = [p for p in released["status"]["phases"] if p["name"] == "deprovisioning"]
-    assert phases and phases[0].get("finished"), released["status"]["phases"]
 
     # Day two. Rolling upgrade: a new template, with another image URL; a new host, the old
     # Node drained and deleted, the old host wiped.

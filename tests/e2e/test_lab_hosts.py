@@ -175,6 +175,22 @@ def writing_finished(lab: RunningLab, mac: str) -> bool:
     return any(p["name"] == "writing" and p.get("finished") for p in phases)
 
 
+def wait_for_host_event(lab: RunningLab, host_name: str, reason: str) -> None:
+    """Wait for the host's Event of this reason.
+
+    The boot service writes the host's status first and its Event after, in the same request:
+    a test that has seen the state can look a moment before the Event exists.
+    """
+    wait_for(
+        lambda: any(
+            e.reason == reason and e.involvedObject.name == host_name
+            for e in lab.kube.list(Event, namespace="default")
+        ),
+        f"the host's {reason} Event",
+        timeout=30,
+    )
+
+
 def test_work_is_picked_up_without_a_reboot_and_a_failure_then_a_retry(
     lab: RunningLab, tiny_image: tuple[str, str]
 ) -> None:
@@ -201,16 +217,7 @@ def test_work_is_picked_up_without_a_reboot_and_a_failure_then_a_retry(
     host = hosts_by_mac(lab)[mac]
     assert host["status"]["errorReason"] == "ChecksumMismatch"
     assert lab.serial(name).count(BOOT_BANNER) == banners, "the host rebooted to take the work"
-    # The boot service writes the host's status first and its Event after: the state can be
-    # seen a moment before the Event exists.
-    wait_for(
-        lambda: any(
-            e.reason == "ChecksumMismatch" and e.involvedObject.name == host_name
-            for e in lab.kube.list(Event, namespace="default")
-        ),
-        "the host's ChecksumMismatch Event",
-        timeout=30,
-    )
+    wait_for_host_event(lab, host_name, "ChecksumMismatch")
 
     # A retry: the spec is corrected, the controller provisions again, the agent writes it.
     lab.kube.patch(
@@ -261,14 +268,7 @@ def test_a_host_reset_in_the_middle_of_the_write_fails_it_clearly_and_a_retry_wo
     assert status()["errorReason"] == "ProvisioningInterrupted"
     (condition,) = [c for c in status()["conditions"] if c["type"] == "Provisioned"]
     assert (condition["status"], condition["reason"]) == ("False", "ProvisioningInterrupted")
-    wait_for(
-        lambda: any(
-            e.reason == "ProvisioningInterrupted" and e.involvedObject.name == host_name
-            for e in lab.kube.list(Event, namespace="default")
-        ),
-        "the host's ProvisioningInterrupted Event",
-        timeout=30,
-    )
+    wait_for_host_event(lab, host_name, "ProvisioningInterrupted")
 
     url, digest = tiny_image
     lab.kube.patch(
