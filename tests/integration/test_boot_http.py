@@ -15,7 +15,7 @@ from lightkube import Client
 from lightkube.types import PatchType
 
 from plunder.api.inventory import PlunderHost
-from plunder.boot.service import BootService
+from plunder.boot.service import SHUTDOWN_TIMEOUT, BootService
 from plunder.boot.settings import BootSettings, DhcpSettings
 from plunder.k8s.resources import as_dict, resource_for
 from plunder.lab import processes
@@ -28,15 +28,13 @@ MAC = "00:50:56:a5:11:20"
 HOSTS = resource_for(PlunderHost)
 
 
-@pytest.fixture
-async def boot(
-    plane: Plane, kube: Client, namespace: str, tmp_path: Path
-) -> AsyncIterator[BootService]:
+def boot_settings(namespace: str, tmp_path: Path) -> BootSettings:
+    """HTTP on loopback, no DHCP, a files folder with a 4 KiB blob (and a secret beside it)."""
     files = tmp_path / "files"
     (files / "images").mkdir(parents=True)
     (files / "images" / "blob.bin").write_bytes(bytes(range(256)) * 16)
     (tmp_path / "secret.txt").write_text("not for hosts")
-    settings = BootSettings(
+    return BootSettings(
         address=IPv4Address("127.0.0.1"),
         http_port=processes.free_port(),
         run_dir=tmp_path / "run",
@@ -45,7 +43,13 @@ async def boot(
         last_seen_interval=3600,
         dhcp=DhcpSettings(mode="off"),
     )
-    service = BootService(settings, plane.kubeconfig)
+
+
+@pytest.fixture
+async def boot(
+    plane: Plane, kube: Client, namespace: str, tmp_path: Path
+) -> AsyncIterator[BootService]:
+    service = BootService(boot_settings(namespace, tmp_path), plane.kubeconfig)
     async with running(service):
         yield service
 
@@ -166,6 +170,33 @@ async def test_a_slow_client_does_not_hold_up_others(boot: BootService) -> None:
     assert all(status == 200 for status, _ in results)
     assert time.monotonic() - started < 5
     writer.close()
+
+
+async def test_a_stalled_download_does_not_hold_up_a_stop(
+    plane: Plane, kube: Client, namespace: str, tmp_path: Path
+) -> None:
+    """A host that stops reading mid-file (powered off, its link gone) keeps no stop waiting.
+
+    aiohttp waits 60 s by default for requests in flight, twice over (for the request, then for
+    its cancellation): a VM's download of a boot file held the boot service's stop (a restart, a
+    new leader; in tests/e2e/test_power.py a fixture's teardown) for 121 s.
+    """
+    settings = boot_settings(namespace, tmp_path)
+    with (settings.files_dir / "images" / "big.bin").open("wb") as big:
+        big.truncate(256 * 1024 * 1024)  # more than any socket buffer holds
+    service = BootService(settings, plane.kubeconfig)
+    await service.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", settings.http_port)
+    try:
+        writer.write(b"GET /files/images/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")  # then it reads no more
+        started = time.monotonic()
+        await service.stop()
+        took = time.monotonic() - started
+    finally:
+        writer.close()
+    # aiohttp waits twice: for the request, then for its cancellation
+    assert took < 2 * SHUTDOWN_TIMEOUT + 5, f"the stop waited {took:.1f} s for the download"
 
 
 async def test_files_are_served_with_ranges(boot: BootService) -> None:

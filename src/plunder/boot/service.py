@@ -36,6 +36,18 @@ log = logging.getLogger(__name__)
 MAX_LINE_BYTES = 4096
 """A request line or header longer than this is refused with 400 before any handler runs."""
 
+SHUTDOWN_TIMEOUT = 5.0
+"""Seconds a stop waits for requests in flight before it cuts them (aiohttp's default is 60).
+
+aiohttp waits this long twice: for the request to finish, then for its cancellation to take
+(a file being sent to a client that does not read can outlast it), so a stop takes at most 10 s.
+
+What is in flight at a stop is mostly a host downloading a boot file or an image, and a host
+that was powered off or lost its link stops reading without closing: waiting for it only holds
+up the restart or the new leader. A host whose download is cut boots again or fails its write
+and is retried, as after any network fault.
+"""
+
 
 class BootService:
     """The boot service's parts, started and stopped together."""
@@ -94,7 +106,11 @@ class BootService:
             self.agent_logs,
         )
         self._runner = web.AppRunner(
-            app, access_log=None, max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES
+            app,
+            access_log=None,
+            max_line_size=MAX_LINE_BYTES,
+            max_field_size=MAX_LINE_BYTES,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
         )
         await self._runner.setup()
         sock = netns.listening_socket(
