@@ -27,8 +27,10 @@ lint:
 typecheck:
 	$(PY)/mypy
 
+# Two workers: every e2e test on one, in order; the integration and unit tests on the other,
+# beside them (tests/conftest.py, LabScheduling).
 test: setup lint typecheck install-check
-	$(PY)/pytest -ra --durations=25
+	$(PY)/pytest -ra --durations=25 -n 2
 
 # What the code imports, the package declares: install it (not editable) into a throwaway venv
 # without the dev extra and import every module but the lab's; then add the lab extra (what

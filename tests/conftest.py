@@ -30,6 +30,8 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
+from xdist.remote import Producer
+from xdist.scheduler import LoadScopeScheduling
 
 from plunder.api.inventory import PlunderHost
 from plunder.boot.service import BootService
@@ -47,6 +49,49 @@ for _noisy in ("httpx", "httpx2"):
 
 PLANE_FACTS: list[str] = []
 """What the session's plane reported, printed in the terminal summary."""
+
+
+LAB_TESTS = "tests/e2e/"
+"""Where the e2e tests are: `make test` (``-n 2``) runs them all, in order, on one xdist
+worker, and the integration and unit tests on the other, beside them.
+
+The e2e tests run emulated hosts that take the cores they are given, so two of them at once
+would only slow each other (and their clusters' kubeadm); the other tests mostly wait on an API
+server or a controller (29% of two cores over 13 min, measured alone), so beside the lab they
+cost it little. The lab's worker runs at a lower CPU priority (tests/e2e/conftest.py), so the
+timing the other tests assert is kept.
+"""
+
+
+class LabScheduling(LoadScopeScheduling):
+    """xdist's scope scheduling with one scope for every e2e test and one for each other test.
+
+    (xdist's own ``--dist loadgroup`` does not group with pytest 9: it renames ``_nodeid``,
+    which pytest 9 no longer reads.) The biggest scope is sent first, so one worker takes the
+    e2e tests at once and the other takes the rest.
+    """
+
+    def _split_scope(self, nodeid: str) -> str:
+        return LAB_TESTS if nodeid.startswith(LAB_TESTS) else nodeid
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> LabScheduling:
+    """With ``-n``, schedule by :class:`LabScheduling`."""
+    return LabScheduling(config, log)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On an xdist worker, hand its plane's facts to the controller, which prints them."""
+    workeroutput: dict[str, Any] | None = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["plane_facts"] = PLANE_FACTS
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Gather the facts a worker handed over (see :func:`pytest_sessionfinish`)."""
+    PLANE_FACTS.extend(getattr(node, "workeroutput", {}).get("plane_facts", []))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

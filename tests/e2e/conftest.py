@@ -25,6 +25,26 @@ REQUIRED_PROGRAMS = ("ip", "unshare", "libvirtd", "virsh", "qemu-system-x86_64",
 IPXE_BINARIES = (Path("/usr/lib/ipxe/undionly.kpxe"), Path("/usr/lib/ipxe/ipxe.efi"))
 
 
+LAB_NICENESS = 10
+"""The CPU priority (nice) of the process that runs the e2e tests, and so of all it starts."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lab_yields_the_cpu() -> None:
+    """Run the lab (its QEMU hosts, libvirtd, planes, controllers) at a lower CPU priority.
+
+    `make test` runs the integration and unit tests beside the e2e tests (tests/conftest.py's
+    ``LabScheduling``). Some of those assert timing (a boot answered within 2 s under a flood of new
+    MACs, a stop within 15 s), and an emulated host takes every cycle it is given; at nice 10
+    they get the CPU first when they want it. The e2e tests' own waits are generous (their
+    hosts are emulated), and the clusters' kubeadm timeouts are made for slow hosts.
+    Processes inherit the priority, so everything the lab starts from here on has it.
+    """
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if current < LAB_NICENESS:
+        os.setpriority(os.PRIO_PROCESS, 0, LAB_NICENESS)
+
+
 def _require_lab_host() -> None:
     if os.geteuid() != 0:
         pytest.fail("the VM lab needs root (network namespaces, bridges, libvirtd)")
