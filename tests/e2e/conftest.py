@@ -73,13 +73,21 @@ def lab_network() -> Iterator[LabNetwork]:
 
 
 @pytest.fixture
-def lab_hypervisor(lab_network: LabNetwork, tmp_path: Path) -> Iterator[Hypervisor]:
-    """The lab's own libvirt daemon; stopped afterwards, with every guest."""
-    hypervisor = Hypervisor.start(lab_network, tmp_path / "hv")
+def lab_hypervisor(
+    lab_network: LabNetwork, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Hypervisor]:
+    """The lab's own libvirt daemon; stopped afterwards, with every guest.
+
+    Its folder is a short one of its own, not under the test's ``tmp_path``: libvirt's socket
+    path under it must fit in 107 bytes, and ``tmp_path`` holds the test's name (up to 30
+    characters) and, under xdist, the worker's folder too.
+    """
+    hypervisor = Hypervisor.start(lab_network, tmp_path_factory.mktemp("hv"))
     yield hypervisor
     hypervisor.stop()
     assert not processes.is_running(hypervisor.daemon.pid), "libvirtd still runs"
-    strays = [line for line in _processes_mentioning(str(tmp_path)) if "qemu-system" in line]
+    run_dir = str(hypervisor.run_dir)
+    strays = [line for line in _processes_mentioning(run_dir) if "qemu-system" in line]
     assert not strays, f"QEMU left running: {strays}"
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -32,8 +31,9 @@ SPANS = (70.0, 20.0)
 
 
 @pytest.fixture
-def two_hosts(tmp_path: Path) -> Iterator[IsolatedLab]:
-    with isolated_lab(tmp_path / "lab", "--hosts", "2") as running:
+def two_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedLab]:
+    # a short folder: libvirt's socket path under it must fit in 107 bytes (see lab_hypervisor)
+    with isolated_lab(tmp_path_factory.mktemp("chaos"), "--hosts", "2") as running:
         assert [host["firmware"] for host in running.hosts()] == ["bios", "uefi"]
         yield running
 
